@@ -1,0 +1,246 @@
+"""IARM: the click-through-rate model of the paper, as a TorchRec module."""
+
+from dataclasses import dataclass, field
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from iarm_torchrec.features import FeatureConfig
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
+from iarm_torchrec.modules.interacting import InteractingArch
+from iarm_torchrec.modules.interest import InterestArch
+from iarm_torchrec.modules.output import OutputArch
+
+
+class IARM(nn.Module):
+    """Interest + multi-head Attention + Residual CTR Model (paper Eq. 1-12).
+
+    One sample's way to its logit::
+
+        fields  = FieldEmbeddingArch(dense, sparse)        B x M x D       (Eq. 2-4)
+        U       = InterestArch(fields[:, user fields])     B x K           (Eq. 5-6)
+        e_Res   = InteractingArch(fields)                  B x M x H d'    (Eq. 7-11)
+        logit   = OutputArch([U ; e_1^Res ; ... ; e_M^Res])  B             (Eq. 12)
+
+    **What Eq. 12 concatenates.** The overview says three feature matrices are merged before
+    the output layer: the user interest ``U``, the attention's combinatorial features
+    ``e~_m`` and the raw features that the residual keeps (``W_Res e_m``). Eq. 11 already
+    merges the last two into ``e_m^Res`` (by sum, inside the ReLU), and Eq. 12 concatenates
+    the ``e_m^Res`` of all ``M`` fields; so the output layer reads ``U`` followed by the
+    flattened ``B x (M H d')`` last-layer output, ``K + M H d'`` features in all. Concatenating
+    the raw ``e_m`` a second time would double-count what the residual already carries. With
+    ``num_layers=0`` the interacting part is the raw ``e_m`` (Fig. 4's zero-layer point); with
+    ``use_interest=False`` (IARM*) ``U`` is left out.
+
+    Ablations: ``use_interest=False`` (IARM*), ``use_attention=False`` (IRM),
+    ``use_residual=False`` (IARM-), ``num_layers=0``.
+
+    **Extending.** Each arch is made by a ``build_*_arch`` method; a subclass overrides one
+    to replace that arch (the replacement must keep the shapes above and expose
+    ``output_dim``)::
+
+        class MyIARM(IARM):
+            def build_interest_arch(self, in_features: int, layer_sizes: Sequence[int]) -> nn.Module:
+                return MyInterest(in_features)   # B x n x D -> B x output_dim
+
+    Args:
+        embedding_bag_collection: one table per categorical field, all of one
+            ``embedding_dim`` (may be on ``meta``; fields are found by name).
+        dense_in_features: ``N``, the number of numerical fields.
+        user_feature_names: the user fields ``u_1..u_n`` (sparse or dense names) of Eq. 5.
+        dense_feature_names: names of the numerical fields (default ``dense_i``).
+        multi_hot_feature_names: multi-valued fields; their tables must pool by ``MEAN``.
+        interest_layer_sizes: sizes of the interest MLP's ReLU layers (Eq. 6 uses four).
+        num_layers: interacting layers (default 3).
+        num_heads: ``H`` (default 2).
+        head_dim: ``d'`` (default 32).
+        use_interest / use_attention / use_residual: the paper's ablation switches.
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+        >>> ebc = EmbeddingBagCollection(tables=[
+        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
+        ...     for f in ["user", "item"]])
+        >>> model = IARM(ebc, dense_in_features=2, user_feature_names=["user"])
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
+        >>> model(torch.rand(2, 2), kjt).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        user_feature_names: Sequence[str],
+        dense_feature_names: Sequence[str] = (),
+        multi_hot_feature_names: Sequence[str] = (),
+        interest_layer_sizes: Sequence[int] = (256, 128, 64, 32),
+        num_layers: int = 3,
+        num_heads: int = 2,
+        head_dim: int = 32,
+        use_interest: bool = True,
+        use_attention: bool = True,
+        use_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
+            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
+        )
+        names = self.embedding_arch.field_names
+        dim = self.embedding_arch.embedding_dim
+        unknown = [n for n in user_feature_names if n not in names]
+        if unknown:
+            raise ValueError(f"user_feature_names {unknown} are not fields of the model; known fields: {names}")
+        if use_interest and not user_feature_names:
+            raise ValueError("the interest arch needs user fields: give user_feature_names, or set use_interest=False")
+        self.user_feature_names: List[str] = list(user_feature_names)
+        self.register_buffer(
+            "user_field_index",
+            torch.tensor([names.index(n) for n in user_feature_names], dtype=torch.long),
+            persistent=False,
+        )
+        self.interest_arch: Optional[nn.Module] = (
+            self.build_interest_arch(len(user_feature_names) * dim, interest_layer_sizes) if use_interest else None
+        )
+        self.interacting_arch: nn.Module = self.build_interacting_arch(
+            dim, num_layers, num_heads, head_dim, use_attention, use_residual
+        )
+        interest_dim = self.interest_arch.output_dim if self.interest_arch is not None else 0
+        self.output_arch: nn.Module = self.build_output_arch(
+            interest_dim + len(names) * self.interacting_arch.output_dim
+        )
+
+    def build_interest_arch(self, in_features: int, layer_sizes: Sequence[int]) -> nn.Module:
+        """``B x n x D`` user-field embeddings -> ``B x output_dim`` interest (Eq. 5-6)."""
+        return InterestArch(in_features, layer_sizes)
+
+    def build_interacting_arch(
+        self,
+        in_dim: int,
+        num_layers: int,
+        num_heads: int,
+        head_dim: int,
+        use_attention: bool,
+        use_residual: bool,
+    ) -> nn.Module:
+        """``B x M x D`` -> ``B x M x output_dim`` (Eq. 7-11)."""
+        return InteractingArch(in_dim, num_layers, num_heads, head_dim, use_attention, use_residual)
+
+    def build_output_arch(self, in_features: int) -> nn.Module:
+        """``B x in_features`` -> ``B`` logits (Eq. 12 before the sigmoid)."""
+        return OutputArch(in_features)
+
+    @property
+    def field_names(self) -> List[str]:
+        """The ``M`` field names, in the order of the attention maps' axes."""
+        return self.embedding_arch.field_names
+
+    def _logits(self, fields: torch.Tensor, interacted: torch.Tensor) -> torch.Tensor:
+        parts = [interacted.flatten(1)]  # B x M H d'
+        if self.interest_arch is not None:
+            users = fields.index_select(1, self.user_field_index)  # B x n x D (Eq. 5)
+            parts.insert(0, self.interest_arch(users))  # B x K (Eq. 6)
+        return self.output_arch(torch.cat(parts, dim=1))  # Eq. 12
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """
+        Args:
+            dense_features: ``B x N`` numerical fields.
+            sparse_features: categorical fields keyed by name.
+
+        Returns:
+            ``B`` logits; ``torch.sigmoid`` of them is Eq. 12's click probability.
+        """
+        fields = self.embedding_arch(dense_features, sparse_features)
+        return self._logits(fields, self.interacting_arch(fields))
+
+    def forward_with_attention(
+        self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor
+    ) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Logits plus each interacting layer's ``B x H x M x M`` attention (Eq. 7), for Fig. 5."""
+        fields = self.embedding_arch(dense_features, sparse_features)
+        interacted, attention = self.interacting_arch.forward_with_attention(fields)
+        return self._logits(fields, interacted), attention
+
+
+class IARMTrain(CTRTrain):
+    """:class:`CTRTrain` around an :class:`IARM`: ``forward(batch) -> (loss, (loss, logits, labels))``
+    with Eq. 13's log loss, detached as ``DLRMTrain`` does."""
+
+    def __init__(self, iarm_module: IARM) -> None:
+        super().__init__(iarm_module)
+
+
+@dataclass
+class IARMConfig:
+    """Everything needed to rebuild an IARM: its fields and its arch settings.
+
+    Validated when built; :meth:`build` makes the tables and the model in one step.
+
+    Example::
+
+        >>> from iarm_torchrec.features import SparseFeature
+        >>> cfg = IARMConfig(FeatureConfig([SparseFeature("user", 10), SparseFeature("item", 10)],
+        ...                                user_feature_names=["user"], embedding_dim=8), num_layers=2)
+        >>> type(cfg.build()).__name__
+        'IARM'
+    """
+
+    features: FeatureConfig
+    interest_layer_sizes: List[int] = field(default_factory=lambda: [256, 128, 64, 32])
+    num_layers: int = 3
+    num_heads: int = 2
+    head_dim: int = 32
+    use_interest: bool = True
+    use_attention: bool = True
+    use_residual: bool = True
+
+    def __post_init__(self) -> None:
+        if isinstance(self.features, dict):
+            self.features = FeatureConfig.from_dict(self.features)
+        if self.num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
+        if self.num_heads <= 0 or self.head_dim <= 0:
+            raise ValueError(f"num_heads and head_dim must be positive, got {self.num_heads}, {self.head_dim}")
+        if not self.use_attention and not self.use_residual and self.num_layers > 0:
+            raise ValueError("use_attention=False with use_residual=False leaves the layers empty: use num_layers=0")
+        if self.use_interest and not self.features.user_feature_names:
+            raise ValueError("use_interest=True needs features.user_feature_names (or set use_interest=False)")
+        if not self.interest_layer_sizes or any(s <= 0 for s in self.interest_layer_sizes):
+            raise ValueError(f"interest_layer_sizes must be positive sizes, got {self.interest_layer_sizes}")
+
+    def build(
+        self, device: Optional[torch.device] = None, model_class: type = IARM
+    ) -> IARM:
+        """Build the ``EmbeddingBagCollection`` on ``device`` (``meta`` for sharding) and the
+        model around it; ``model_class`` may be a subclass of :class:`IARM`."""
+        f = self.features
+        return model_class(
+            f.build_embedding_bag_collection(device),
+            dense_in_features=len(f.dense_feature_names),
+            user_feature_names=f.user_feature_names,
+            dense_feature_names=f.dense_feature_names,
+            multi_hot_feature_names=f.multi_hot_feature_names,
+            interest_layer_sizes=self.interest_layer_sizes,
+            num_layers=self.num_layers,
+            num_heads=self.num_heads,
+            head_dim=self.head_dim,
+            use_interest=self.use_interest,
+            use_attention=self.use_attention,
+            use_residual=self.use_residual,
+        )
+
+    def to_dict(self) -> Dict[str, Any]:
+        d = dict(vars(self))
+        d["features"] = self.features.to_dict()
+        return d
+
+    @classmethod
+    def from_dict(cls, data: Dict[str, Any]) -> "IARMConfig":
+        return cls(**data)

@@ -1,0 +1,168 @@
+"""Interacting layers (paper Eq. 7-11): multi-head key-value self-attention across fields."""
+
+from typing import List, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+class InteractingLayer(nn.Module):
+    """One interacting layer: every field attends to every field, per head, then a residual.
+
+    For field ``m`` and head ``h`` (``e`` is ``B x M x d``)::
+
+        phi(e_m, e_k)   = <W_Query^h e_m, W_Key^h e_k>                 (Eq. 8, plain inner product)
+        alpha_{m,k}^h   = softmax_k phi(e_m, e_k)                       (Eq. 7)
+        e~_m^h          = sum_k alpha_{m,k}^h W_Value^h e_k             (Eq. 9)
+        e~_m            = e~_m^1 (+) ... (+) e~_m^H                     (Eq. 10, concatenation)
+        e_m^Res         = ReLU(e~_m + W_Res e_m)                        (Eq. 11)
+
+    The paper scores with the raw inner product, so the attention runs with ``scale=1``
+    (no ``1/sqrt(d')``). Query, key and value projections of all heads are one fused
+    ``Linear(d, 3 H d')``; the attention itself goes through
+    ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Ablations: ``use_attention=False`` gives IRM's layer ``ReLU(W_Res e_m)``;
+    ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
+
+    Args:
+        in_dim: ``d``, the size of each input field vector.
+        num_heads: ``H``.
+        head_dim: ``d'``, the size of each head's subspace; the output is ``H d'`` wide.
+        use_attention: keep Eq. 7-10.
+        use_residual: keep ``W_Res e_m`` in Eq. 11.
+
+    Example::
+
+        >>> layer = InteractingLayer(in_dim=4, num_heads=2, head_dim=3)
+        >>> layer(torch.rand(5, 7, 4)).shape
+        torch.Size([5, 7, 6])
+        >>> layer.attention_weights(torch.rand(5, 7, 4)).shape
+        torch.Size([5, 2, 7, 7])
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_heads: int,
+        head_dim: int,
+        use_attention: bool = True,
+        use_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if in_dim <= 0 or num_heads <= 0 or head_dim <= 0:
+            raise ValueError(
+                f"in_dim, num_heads and head_dim must be positive, got {in_dim}, {num_heads}, {head_dim}"
+            )
+        if not (use_attention or use_residual):
+            raise ValueError(
+                "an interacting layer without attention and without residual computes nothing: "
+                "keep one of use_attention/use_residual, or use num_layers=0"
+            )
+        self.num_heads: int = num_heads
+        self.head_dim: int = head_dim
+        self.output_dim: int = num_heads * head_dim
+        # W_Query, W_Key, W_Value of every head, fused: d -> 3 * H * d'
+        self.qkv: nn.Linear | None = (
+            nn.Linear(in_dim, 3 * self.output_dim, bias=False) if use_attention else None
+        )
+        # W_Res of Eq. 11: d -> H * d'
+        self.residual: nn.Linear | None = (
+            nn.Linear(in_dim, self.output_dim, bias=False) if use_residual else None
+        )
+
+    def _query_key_value(self, fields: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """``B x M x d`` -> three ``B x H x M x d'`` tensors."""
+        assert self.qkv is not None
+        qkv = self.qkv(fields).unflatten(-1, (3, self.num_heads, self.head_dim))  # B x M x 3 x H x d'
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
+        return q, k, v
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        """
+        Args:
+            fields: ``B x M x d`` field vectors ``e_m``.
+
+        Returns:
+            ``B x M x H d'`` high-order field vectors ``e_m^Res``.
+        """
+        if self.qkv is None:
+            assert self.residual is not None
+            return torch.relu(self.residual(fields))  # IRM: no Eq. 7-10
+        q, k, v = self._query_key_value(fields)
+        attended = F.scaled_dot_product_attention(q, k, v, scale=1.0)  # B x H x M x d' (Eq. 7-9)
+        out = attended.transpose(1, 2).flatten(2)  # B x M x H d' (Eq. 10)
+        if self.residual is not None:
+            out = out + self.residual(fields)
+        return torch.relu(out)
+
+    def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
+        """The ``alpha`` of Eq. 7 for the explanations of Fig. 5.
+
+        Args:
+            fields: ``B x M x d``.
+
+        Returns:
+            ``B x H x M x M``; row ``m`` of head ``h`` sums to 1 over ``k``.
+        """
+        if self.qkv is None:
+            raise ValueError("this layer was built with use_attention=False and has no attention weights")
+        q, k, _ = self._query_key_value(fields)
+        return torch.softmax(q @ k.transpose(-1, -2), dim=-1)
+
+
+class InteractingArch(nn.Module):
+    """``num_layers`` stacked :class:`InteractingLayer`, each feeding the next (Eq. 7-11).
+
+    With ``num_layers=0`` it returns its input unchanged: the output layer then sees the raw
+    field embeddings, as in the paper's zero-layer point of Fig. 4.
+
+    Args:
+        in_dim: ``d`` of the field embeddings.
+        num_layers: how many interacting layers to stack (the paper settles on 3).
+        num_heads: ``H`` of every layer.
+        head_dim: ``d'`` of every layer.
+        use_attention: see :class:`InteractingLayer` (False: IRM).
+        use_residual: see :class:`InteractingLayer` (False: IARM-).
+
+    Example::
+
+        >>> arch = InteractingArch(in_dim=4, num_layers=3, num_heads=2, head_dim=8)
+        >>> out, attention = arch.forward_with_attention(torch.rand(5, 7, 4))
+        >>> out.shape, len(attention), attention[0].shape
+        (torch.Size([5, 7, 16]), 3, torch.Size([5, 2, 7, 7]))
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        num_layers: int = 3,
+        num_heads: int = 2,
+        head_dim: int = 32,
+        use_attention: bool = True,
+        use_residual: bool = True,
+    ) -> None:
+        super().__init__()
+        if num_layers < 0:
+            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        dims = [in_dim] + [num_heads * head_dim] * num_layers
+        self.layers: nn.ModuleList = nn.ModuleList(
+            InteractingLayer(dims[i], num_heads, head_dim, use_attention, use_residual)
+            for i in range(num_layers)
+        )
+        self.output_dim: int = dims[-1]
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        """``B x M x d`` -> ``B x M x output_dim``."""
+        for layer in self.layers:
+            fields = layer(fields)
+        return fields
+
+    def forward_with_attention(self, fields: torch.Tensor) -> Tuple[torch.Tensor, List[torch.Tensor]]:
+        """Like :meth:`forward`, also returning each layer's ``B x H x M x M`` attention."""
+        attention: List[torch.Tensor] = []
+        for layer in self.layers:
+            attention.append(layer.attention_weights(fields))
+            fields = layer(fields)
+        return fields, attention
