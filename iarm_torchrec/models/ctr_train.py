@@ -19,8 +19,18 @@ class CTRTrain(nn.Module):
 
     Example::
 
-        >>> from iarm_torchrec import IARM  # doctest: +SKIP
-        >>> loss, (loss_d, logits, labels) = CTRTrain(model)(batch)  # doctest: +SKIP
+        >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
+        >>> from torchrec.datasets.utils import Batch
+        >>> from iarm_torchrec.models.iarm import IARM
+        >>> ebc = EmbeddingBagCollection(tables=[
+        ...     EmbeddingBagConfig(name="t_u", embedding_dim=4, num_embeddings=10, feature_names=["u"])])
+        >>> train = CTRTrain(IARM(ebc, dense_in_features=1, user_feature_names=["u"]))
+        >>> batch = Batch(dense_features=torch.rand(2, 1), labels=torch.tensor([0.0, 1.0]),
+        ...     sparse_features=KeyedJaggedTensor.from_lengths_sync(
+        ...         keys=["u"], values=torch.tensor([3, 7]), lengths=torch.tensor([1, 1])))
+        >>> loss, (_, logits, labels) = train(batch)
+        >>> loss.requires_grad, logits.shape
+        (True, torch.Size([2]))
     """
 
     def __init__(self, model: nn.Module) -> None:
