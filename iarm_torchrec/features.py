@@ -61,6 +61,8 @@ class FeatureConfig:
         self.sparse_features = [
             f if isinstance(f, SparseFeature) else SparseFeature(**f) for f in self.sparse_features
         ]
+        self.dense_feature_names = list(self.dense_feature_names)
+        self.user_feature_names = list(self.user_feature_names)
         if not self.sparse_features:
             raise ValueError("FeatureConfig needs at least one sparse feature")
         if self.embedding_dim <= 0:

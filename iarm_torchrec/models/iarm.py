@@ -204,6 +204,7 @@ class IARMConfig:
     def __post_init__(self) -> None:
         if isinstance(self.features, dict):
             self.features = FeatureConfig.from_dict(self.features)
+        self.interest_layer_sizes = list(self.interest_layer_sizes)
         if self.num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
         if self.num_heads <= 0 or self.head_dim <= 0:
