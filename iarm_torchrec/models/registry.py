@@ -17,10 +17,29 @@ Example::
 from typing import Any, Dict, List, Type
 
 from iarm_torchrec.features import FeatureConfig
+from iarm_torchrec.models.afm import AFMConfig
+from iarm_torchrec.models.autoint import AutoIntConfig
+from iarm_torchrec.models.dcn import DCNConfig
+from iarm_torchrec.models.deep_crossing import DeepCrossingConfig
+from iarm_torchrec.models.deepfm import DeepFMConfig
+from iarm_torchrec.models.fm import FMConfig
 from iarm_torchrec.models.iarm import IARMConfig
+from iarm_torchrec.models.nfm import NFMConfig
+from iarm_torchrec.models.pnn import PNNConfig
+from iarm_torchrec.models.wide_deep import WideAndDeepConfig
 
 MODEL_CONFIGS: Dict[str, Type[Any]] = {
     "iarm": IARMConfig,
+    # the paper's baselines (Table 2), all on the same field embedding
+    "fm": FMConfig,
+    "wide_deep": WideAndDeepConfig,
+    "deepfm": DeepFMConfig,
+    "afm": AFMConfig,
+    "dcn": DCNConfig,
+    "nfm": NFMConfig,
+    "pnn": PNNConfig,
+    "autoint": AutoIntConfig,
+    "deep_crossing": DeepCrossingConfig,
 }
 
 

@@ -1,0 +1,121 @@
+"""AFM: Attentional Factorization Machines (Xiao et al., IJCAI 2017), on the shared field embedding."""
+
+import dataclasses
+from typing import Optional, Sequence, Tuple
+
+import torch
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from iarm_torchrec.models.config import ModelConfig, check_positive
+from iarm_torchrec.modules.factorization import PairwiseProduct
+from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
+from iarm_torchrec.modules.linear import FirstOrderArch
+
+
+class AttentionalPoolingArch(nn.Module):
+    """AFM's attention-based pooling of the pairwise interactions (paper Eq. 4-5)::
+
+        p_ij  = v_i (*) v_j                                   B x P x D
+        a'_ij = h^T ReLU(W p_ij + b)                          B x P
+        a_ij  = softmax over the pairs of a'_ij
+        y_2   = p^T sum_{i<j} a_ij p_ij                       B
+
+    Args:
+        num_fields: ``M``.
+        embedding_dim: ``D``.
+        attention_dim: ``t``, the attention network's hidden size.
+
+    Example::
+
+        >>> AttentionalPoolingArch(num_fields=4, embedding_dim=3, attention_dim=5)(torch.rand(2, 4, 3)).shape
+        torch.Size([2])
+    """
+
+    def __init__(self, num_fields: int, embedding_dim: int, attention_dim: int) -> None:
+        super().__init__()
+        self.pairwise: PairwiseProduct = PairwiseProduct(num_fields)
+        self.attention: nn.Linear = nn.Linear(embedding_dim, attention_dim)  # W, b
+        self.attention_score: nn.Linear = nn.Linear(attention_dim, 1, bias=False)  # h
+        self.projection: nn.Linear = nn.Linear(embedding_dim, 1, bias=False)  # p
+
+    def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
+        """``B x M x D`` -> the ``B x P`` weights ``a_ij``, pairs in :class:`PairwiseProduct` order."""
+        return self._pairs_and_weights(fields)[1]
+
+    def _pairs_and_weights(self, fields: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        pairs = self.pairwise(fields)  # B x P x D
+        scores = self.attention_score(torch.relu(self.attention(pairs))).squeeze(-1)  # B x P
+        return pairs, torch.softmax(scores, dim=1)
+
+    def forward(self, fields: torch.Tensor) -> torch.Tensor:
+        """``B x M x D`` -> ``B`` second-order logits."""
+        pairs, weights = self._pairs_and_weights(fields)
+        pooled = (weights.unsqueeze(-1) * pairs).sum(dim=1)  # B x D
+        return self.projection(pooled).squeeze(-1)
+
+
+class AFM(nn.Module):
+    """``y = w_0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i (*) v_j)`` (paper Eq. 5).
+
+    The first-order part is :class:`FirstOrderArch`; the second-order part is
+    :class:`AttentionalPoolingArch` over the ``B x M x D`` field vectors.
+
+    Args:
+        embedding_bag_collection: one ``D``-dim table per categorical field.
+        dense_in_features: ``N``, the number of numerical fields.
+        dense_feature_names: their names (default ``dense_i``).
+        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
+        attention_dim: ``t``, the attention network's hidden size.
+        linear_embedding_bag_collection: the first-order weight tables (``embedding_dim=1``);
+            by default one per table of ``embedding_bag_collection``, on its device.
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagConfig
+        >>> ebc = EmbeddingBagCollection(tables=[
+        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
+        ...     for f in ["user", "item"]])
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
+        >>> AFM(ebc, dense_in_features=2, attention_dim=4)(torch.rand(2, 2), kjt).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        dense_feature_names: Sequence[str] = (),
+        multi_hot_feature_names: Sequence[str] = (),
+        attention_dim: int = 16,
+        linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+    ) -> None:
+        super().__init__()
+        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
+            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
+        )
+        self.first_order_arch: FirstOrderArch = FirstOrderArch.for_fields(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection
+        )
+        self.attention_arch: AttentionalPoolingArch = AttentionalPoolingArch(
+            self.embedding_arch.num_fields, self.embedding_arch.embedding_dim, attention_dim
+        )
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """``B x N`` dense values and the categorical KJT -> ``B`` logits."""
+        fields = self.embedding_arch(dense_features, sparse_features)  # B x M x D
+        return self.first_order_arch(dense_features, sparse_features) + self.attention_arch(fields)
+
+
+@dataclasses.dataclass
+class AFMConfig(ModelConfig):
+    """Settings of :class:`AFM`: the attention network's hidden size ``t``."""
+
+    model_class = AFM
+
+    attention_dim: int = 16
+
+    def validate(self) -> None:
+        check_positive(attention_dim=self.attention_dim)

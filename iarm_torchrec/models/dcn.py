@@ -1,0 +1,95 @@
+"""DCN: Deep & Cross Network (Wang et al., ADKDD 2017), on the shared field embedding."""
+
+import dataclasses
+from typing import Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.crossnet import CrossNet, VectorCrossNet
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.modules.mlp import MLP
+from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+from iarm_torchrec.models.config import DeepModelConfig, check_choice, check_layer_sizes
+from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
+from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
+from iarm_torchrec.modules.output import OutputArch
+
+CROSS_TYPES = ("vector", "matrix")
+
+
+class DCN(nn.Module):
+    """Cross network and deep network side by side over ``x_0 = [v_1; ...; v_M]``::
+
+        x_{l+1} = x_0 x_l^T w_l + b_l + x_l        cross layer (paper Eq. 3)    B x MD
+        h       = MLP(x_0)                          deep network                 B x H
+        y       = w^T [x_L; h] + b                  combination layer (Eq. 5)    B
+
+    ``x_0`` is the flattened ``B x M x D`` field matrix (numerical fields as ``v_m x_m``, in
+    the same space as the categorical ones). The cross network is TorchRec's
+    ``VectorCrossNet`` (the original DCN, ``cross_type="vector"``) or its ``CrossNet``
+    (DCN-V2's ``x_0 * (W_l x_l + b_l) + x_l`` with a full matrix, ``cross_type="matrix"``).
+
+    Args:
+        embedding_bag_collection: one ``D``-dim table per categorical field.
+        dense_in_features: ``N``, the number of numerical fields.
+        dense_feature_names: their names (default ``dense_i``).
+        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
+        deep_layer_sizes: the deep network's ReLU layers.
+        num_cross_layers: ``L``, the number of cross layers.
+        cross_type: ``"vector"`` (DCN) or ``"matrix"`` (DCN-V2).
+
+    Example::
+
+        >>> from torchrec import EmbeddingBagConfig
+        >>> ebc = EmbeddingBagCollection(tables=[
+        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
+        ...     for f in ["user", "item"]])
+        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
+        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
+        >>> DCN(ebc, dense_in_features=2, deep_layer_sizes=[16])(torch.rand(2, 2), kjt).shape
+        torch.Size([2])
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        dense_feature_names: Sequence[str] = (),
+        multi_hot_feature_names: Sequence[str] = (),
+        deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        num_cross_layers: int = 3,
+        cross_type: str = "vector",
+    ) -> None:
+        super().__init__()
+        check_choice("cross_type", cross_type, CROSS_TYPES)
+        check_layer_sizes("deep_layer_sizes", deep_layer_sizes)
+        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
+            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
+        )
+        num_inputs = self.embedding_arch.num_fields * self.embedding_arch.embedding_dim
+        cross_class = VectorCrossNet if cross_type == "vector" else CrossNet
+        self.cross_net: nn.Module = cross_class(num_inputs, num_cross_layers)
+        self.deep_net: MLP = MLP(num_inputs, list(deep_layer_sizes), bias=True, activation="relu")
+        self.output_arch: OutputArch = OutputArch(num_inputs + deep_layer_sizes[-1])
+
+    def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
+        """``B x N`` dense values and the categorical KJT -> ``B`` logits."""
+        x0 = self.embedding_arch(dense_features, sparse_features).flatten(1)  # B x MD
+        return self.output_arch(torch.cat([self.cross_net(x0), self.deep_net(x0)], dim=1))
+
+
+@dataclasses.dataclass
+class DCNConfig(DeepModelConfig):
+    """Settings of :class:`DCN`: deep layer sizes, number and kind of cross layers."""
+
+    model_class = DCN
+
+    num_cross_layers: int = 3
+    cross_type: str = "vector"
+
+    def validate(self) -> None:
+        super().validate()
+        if self.num_cross_layers < 0:
+            raise ValueError(f"num_cross_layers must be >= 0, got {self.num_cross_layers}")
+        check_choice("cross_type", self.cross_type, CROSS_TYPES)

@@ -1,0 +1,40 @@
+"""The deep tower of the DNN baselines: a ReLU MLP and a linear output to one logit."""
+
+from typing import List, Sequence
+
+import torch
+from torch import nn
+from torchrec.modules.mlp import MLP
+
+from iarm_torchrec.modules.output import OutputArch
+
+DEFAULT_DEEP_LAYER_SIZES: List[int] = [400, 400, 400]
+"""Three ReLU layers of 400 units: the default deep tower of every DNN baseline here (no
+dropout or batch norm; tune per data set through the model configs)."""
+
+
+class DeepArch(nn.Module):
+    """``w^T MLP(flatten(x)) + b``: the deep part of Wide & Deep, DeepFM, NFM and PNN.
+
+    ``torchrec.modules.mlp.MLP`` (Linear + ReLU per layer) followed by :class:`OutputArch`.
+
+    Args:
+        in_features: size of the flattened input.
+        layer_sizes: output size of each ReLU layer (at least one).
+
+    Example::
+
+        >>> DeepArch(in_features=12, layer_sizes=[8, 4])(torch.rand(5, 3, 4)).shape
+        torch.Size([5])
+    """
+
+    def __init__(self, in_features: int, layer_sizes: Sequence[int]) -> None:
+        super().__init__()
+        if not layer_sizes or any(s <= 0 for s in layer_sizes):
+            raise ValueError(f"deep layer_sizes must be one or more positive sizes, got {list(layer_sizes)}")
+        self.mlp: MLP = MLP(in_features, list(layer_sizes), bias=True, activation="relu")
+        self.output_arch: OutputArch = OutputArch(layer_sizes[-1])
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        """``B x ...`` (flattened to ``B x in_features``) -> ``B`` logits."""
+        return self.output_arch(self.mlp(features.flatten(1)))
