@@ -22,7 +22,9 @@ FEATURES = FeatureConfig(
 CONFIG = IARMConfig(FEATURES, interest_layer_sizes=[8, 6, 6, 5], num_layers=2, num_heads=2, head_dim=3)
 
 
-def ebc(dims: Sequence[int] = (4, 4), poolings: Sequence[PoolingType] = (PoolingType.SUM, PoolingType.MEAN)) -> EmbeddingBagCollection:
+def ebc(
+    dims: Sequence[int] = (4, 4), poolings: Sequence[PoolingType] = (PoolingType.SUM, PoolingType.MEAN)
+) -> EmbeddingBagCollection:
     return EmbeddingBagCollection(
         tables=[
             EmbeddingBagConfig(name=f"t_{n}", embedding_dim=d, num_embeddings=10, feature_names=[n], pooling=p)

@@ -27,21 +27,21 @@ from iarm_torchrec.models.iarm import IARM, IARMTrain
 from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 from iarm_torchrec.modules.interacting import InteractingLayer
 
+Sample = Dict[str, List[int]]  # field name -> the sample's values
+Vector = torch.Tensor
+
 ATOL = 1e-5
 D, H, HEAD_DIM = 4, 2, 3
 
 # Three samples; "genres" is multi-hot: several values, one value, none.
 SPARSE_KEYS = ["user", "item", "genres"]
-SAMPLES: List[Dict[str, List[int]]] = [
+SAMPLES: List[Sample] = [
     {"user": [1], "item": [7], "genres": [0, 2, 5]},
     {"user": [4], "item": [3], "genres": [4]},
     {"user": [9], "item": [0], "genres": []},
 ]
 DENSE = torch.tensor([[0.5, -1.0], [2.0, 0.25], [-0.75, 1.5]], dtype=torch.float64)
 DENSE_NAMES = ["age", "price"]
-
-Sample = Dict[str, List[int]]
-Vector = torch.Tensor
 
 
 # --------------------------------------------------------------------------- inputs and models
@@ -104,7 +104,9 @@ def table_rows(ebc: EmbeddingBagCollection) -> Dict[str, torch.Tensor]:
 
 
 @torch.no_grad()
-def ref_field_embeddings(arch: FieldEmbeddingArch, samples: Sequence[Sample], dense: torch.Tensor) -> List[Dict[str, Vector]]:
+def ref_field_embeddings(
+    arch: FieldEmbeddingArch, samples: Sequence[Sample], dense: torch.Tensor
+) -> List[Dict[str, Vector]]:
     """Eq. 2-4 per sample: field name -> ``e_m``."""
     rows = table_rows(arch.embedding_bag_collection)
     out = []
