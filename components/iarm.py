@@ -26,7 +26,9 @@ def train(
     *trainer_args: str,
     dataset: str = "synthetic",
     data_dir: Optional[str] = None,
+    cache_dir: Optional[str] = None,
     out: str = "runs/iarm",
+    resume: Optional[str] = None,
     config: Optional[str] = None,
     model: Optional[str] = None,
     batch_size: Optional[int] = None,
@@ -55,15 +57,18 @@ def train(
     Distributed IARM training: ``torchrun -m iarm_torchrec.train`` on NNODES x NPROC ranks.
 
     Wraps ``dist.ddp``: one role, ``j`` = NNODESxNPROC_PER_NODE ranks, c10d rendezvous,
-    scheduler retries restart the whole job, which resumes from the last checkpoint in ``out``.
+    a scheduler retry restarts the whole job (from the last checkpoint in ``out`` with resume=latest).
     Trainer options left unset (None) keep the trainer's defaults (or those of ``config``);
     any other trainer flag goes after ``--``, e.g. ``-- --embedding-dim 16 --no-attention``.
 
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win), e.g. ``--num-layers 3``
         dataset: synthetic, criteo, avazu or movielens-1m
-        data_dir: folder of the raw data set, as seen by every node (not used for synthetic)
+        data_dir: the raw data set's file or folder, as seen by every node (synthetic: where it is generated)
+        cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
+        resume: ``latest`` continues from the newest complete checkpoint in ``out`` (a fresh start when
+            there is none), or a checkpoint folder; use ``latest`` with max_retries so that a retry resumes
         config: a trainer config file (JSON) whose values the other flags override
         model: model name from the model registry (default: the trainer's, IARM)
         batch_size: GLOBAL batch size, split evenly over all ranks
@@ -81,7 +86,7 @@ def train(
         gpu: GPUs per node
         memMB: memory per node in MB
         env: environment variables for the ranks, e.g. NCCL_DEBUG=INFO,OMP_NUM_THREADS=4
-        max_retries: number of scheduler retries of the whole job (each resumes from the last checkpoint)
+        max_retries: number of scheduler retries of the whole job (they resume only with resume=latest)
         rdzv_port: port on rank 0's host for the c10d rendezvous store (multi-node only)
         rdzv_backend: rendezvous backend (multi-node only)
         mounts: mounts into the containers, e.g. type=bind,src=/data,dst=/data,readonly
@@ -91,7 +96,9 @@ def train(
     flags = {
         "--dataset": dataset,
         "--data-dir": data_dir,
+        "--cache-dir": cache_dir,
         "--out": out,
+        "--resume": resume,
         "--config": config,
         "--model": model,
         "--batch-size": batch_size,

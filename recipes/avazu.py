@@ -19,7 +19,9 @@ from components import iarm
 def avazu(
     *trainer_args: str,
     data_dir: str = "data/avazu",
+    cache_dir: Optional[str] = None,
     out: str = "runs/avazu",
+    resume: Optional[str] = "latest",
     nnodes: int = 1,
     nproc_per_node: int = 8,
     batch_size: int = 8192,
@@ -43,7 +45,10 @@ def avazu(
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win)
         data_dir: folder holding Avazu's train.csv, as seen by every node
+        cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
+        resume: ``latest``: continue from the newest checkpoint in ``out`` (fresh when there is none), so
+            retries resume (a new run needs a new ``out``); or a checkpoint folder
         nnodes: number of nodes
         nproc_per_node: ranks per node, one per GPU (2 for a CPU trial run)
         batch_size: GLOBAL batch size, split evenly over the nnodes x nproc_per_node ranks
@@ -63,7 +68,9 @@ def avazu(
         *trainer_args,
         dataset="avazu",
         data_dir=data_dir,
+        cache_dir=cache_dir,
         out=out,
+        resume=resume,
         batch_size=batch_size,
         epochs=epochs,
         lr=lr,

@@ -20,7 +20,9 @@ from components import iarm
 def criteo_dist(
     *trainer_args: str,
     data_dir: str = "data/criteo",
+    cache_dir: Optional[str] = None,
     out: str = "runs/criteo_dist",
+    resume: Optional[str] = "latest",
     nnodes: int = 1,
     nproc_per_node: int = 8,
     batch_size: int = 8192,
@@ -46,7 +48,10 @@ def criteo_dist(
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win)
         data_dir: folder holding Criteo's train.txt, as seen by every node
+        cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
+        resume: ``latest``: continue from the newest checkpoint in ``out`` (fresh when there is none), so
+            retries resume (a new run needs a new ``out``); or a checkpoint folder
         nnodes: number of nodes
         nproc_per_node: ranks per node, one per GPU (2 for a CPU trial run)
         batch_size: GLOBAL batch size, split evenly over the nnodes x nproc_per_node ranks
@@ -67,7 +72,9 @@ def criteo_dist(
         *trainer_args,
         dataset="criteo",
         data_dir=data_dir,
+        cache_dir=cache_dir,
         out=out,
+        resume=resume,
         batch_size=batch_size,
         epochs=epochs,
         lr=lr,

@@ -19,7 +19,9 @@ from components import iarm
 def movielens(
     *trainer_args: str,
     data_dir: str = "data/movielens-1m",
+    cache_dir: Optional[str] = None,
     out: str = "runs/movielens",
+    resume: Optional[str] = None,
     nnodes: int = 1,
     nproc_per_node: int = 2,
     batch_size: int = 1024,
@@ -43,7 +45,9 @@ def movielens(
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win)
         data_dir: folder holding the GroupLens ml-1m files, as seen by every node
+        cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
+        resume: ``latest`` to continue from the newest checkpoint in ``out``, or a checkpoint folder
         nnodes: number of nodes
         nproc_per_node: ranks per node (one per GPU when gpu > 0)
         batch_size: GLOBAL batch size, split evenly over the nnodes x nproc_per_node ranks
@@ -63,7 +67,9 @@ def movielens(
         *trainer_args,
         dataset="movielens-1m",
         data_dir=data_dir,
+        cache_dir=cache_dir,
         out=out,
+        resume=resume,
         batch_size=batch_size,
         epochs=epochs,
         lr=lr,

@@ -53,7 +53,8 @@ def trainer_args(words: List[str]) -> List[str]:
 def test_train_renders_multinode_torchrun_with_trainer_flags() -> None:
     app = iarm.train(
         "--num-layers", "3", "--no-residual",
-        dataset="criteo", data_dir="/data/criteo", out="/runs/a", batch_size=4096, lr=0.001,
+        dataset="criteo", data_dir="/data/criteo", cache_dir="/scratch/c", out="/runs/a", resume="latest",
+        batch_size=4096, lr=0.001,
         sparse_optimizer="rowwise_adagrad", j="2x4", gpu=4, cpu=16, memMB=65536, max_retries=3,
     )  # fmt: skip
     words = torchrun_command(app)
@@ -68,7 +69,8 @@ def test_train_renders_multinode_torchrun_with_trainer_flags() -> None:
     assert role.port_map == {"c10d": 29500}
     # unset trainer options are left to the trainer; extra flags come last so they win
     assert trainer_args(words) == [
-        "--dataset", "criteo", "--data-dir", "/data/criteo", "--out", "/runs/a", "--batch-size", "4096",
+        "--dataset", "criteo", "--data-dir", "/data/criteo", "--cache-dir", "/scratch/c", "--out", "/runs/a",
+        "--resume", "latest", "--batch-size", "4096",
         "--lr", "0.001", "--sparse-optimizer", "rowwise_adagrad", "--num-layers", "3", "--no-residual",
     ]  # fmt: skip
 
@@ -107,6 +109,7 @@ def test_criteo_dist_defaults_one_node_of_eight_gpus() -> None:
     assert (option(words, "--nnodes"), option(words, "--nproc_per_node")) == ("1", "8")
     assert role.resource.gpu == 8 and role.max_retries == 3 and app.name == "criteo_dist"
     assert option(trainer_args(words), "--batch-size") == "8192"
+    assert option(trainer_args(words), "--resume") == "latest"  # so that the 3 retries resume
     # a CPU trial: fewer ranks, no GPUs
     cpu_role = load_recipe("criteo_dist")(nproc_per_node=2, gpu=0).roles[0]
     assert cpu_role.resource.gpu == 0
@@ -166,7 +169,7 @@ def test_cli_dryrun_criteo_dist_recipe() -> None:
     assert (option(words, "--nnodes"), option(words, "--nproc_per_node")) == ("1", "2")
     assert trainer_args(words) == [
         "--dataset", "criteo", "--data-dir", "../shared/data/criteo-kaggle-10k", "--out", "runs/criteo_dist",
-        "--batch-size", "256", "--epochs", "1", "--embedding-dim", "8",
+        "--resume", "latest", "--batch-size", "256", "--epochs", "1", "--embedding-dim", "8",
     ]  # fmt: skip
 
 
