@@ -85,10 +85,10 @@ class ModelConfig:
             **self.settings(),
         )
 
-    def build(self, device: Optional[torch.device] = None) -> nn.Module:
+    def build(self, device: Optional[torch.device] = None, model_class: Optional[Type[nn.Module]] = None) -> nn.Module:
         """Build the ``EmbeddingBagCollection`` on ``device`` (``meta`` for sharding) and the
-        model around it."""
-        return self.model_class(**self.model_arguments(device))
+        model around it; ``model_class`` may replace :attr:`model_class` by a subclass of it."""
+        return (model_class or self.model_class)(**self.model_arguments(device))
 
     def to_dict(self) -> Dict[str, Any]:
         """JSON-ready settings; :meth:`from_dict` inverts it."""

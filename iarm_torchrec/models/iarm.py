@@ -9,6 +9,7 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from iarm_torchrec.features import FeatureConfig
+from iarm_torchrec.models.config import ModelConfig
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 from iarm_torchrec.modules.interacting import InteractingArch
@@ -178,10 +179,11 @@ class IARMTrain(CTRTrain):
 
 
 @dataclass
-class IARMConfig:
+class IARMConfig(ModelConfig):
     """Everything needed to rebuild an IARM: its fields and its arch settings.
 
-    Validated when built; :meth:`build` makes the tables and the model in one step.
+    Validated when built; :meth:`build` makes the tables and the model in one step
+    (``build(device, model_class)``: ``model_class`` may be a subclass of :class:`IARM`).
 
     Example::
 
@@ -192,7 +194,8 @@ class IARMConfig:
         'IARM'
     """
 
-    features: FeatureConfig
+    model_class = IARM
+
     interest_layer_sizes: List[int] = field(default_factory=lambda: [256, 128, 64, 32])
     num_layers: int = 3
     num_heads: int = 2
@@ -201,10 +204,7 @@ class IARMConfig:
     use_attention: bool = True
     use_residual: bool = True
 
-    def __post_init__(self) -> None:
-        if isinstance(self.features, dict):
-            self.features = FeatureConfig.from_dict(self.features)
-        self.interest_layer_sizes = list(self.interest_layer_sizes)
+    def validate(self) -> None:
         if self.num_layers < 0:
             raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
         if self.num_heads <= 0 or self.head_dim <= 0:
@@ -216,32 +216,6 @@ class IARMConfig:
         if not self.interest_layer_sizes or any(s <= 0 for s in self.interest_layer_sizes):
             raise ValueError(f"interest_layer_sizes must be positive sizes, got {self.interest_layer_sizes}")
 
-    def build(
-        self, device: Optional[torch.device] = None, model_class: type = IARM
-    ) -> IARM:
-        """Build the ``EmbeddingBagCollection`` on ``device`` (``meta`` for sharding) and the
-        model around it; ``model_class`` may be a subclass of :class:`IARM`."""
-        f = self.features
-        return model_class(
-            f.build_embedding_bag_collection(device),
-            dense_in_features=len(f.dense_feature_names),
-            user_feature_names=f.user_feature_names,
-            dense_feature_names=f.dense_feature_names,
-            multi_hot_feature_names=f.multi_hot_feature_names,
-            interest_layer_sizes=self.interest_layer_sizes,
-            num_layers=self.num_layers,
-            num_heads=self.num_heads,
-            head_dim=self.head_dim,
-            use_interest=self.use_interest,
-            use_attention=self.use_attention,
-            use_residual=self.use_residual,
-        )
-
-    def to_dict(self) -> Dict[str, Any]:
-        d = dict(vars(self))
-        d["features"] = self.features.to_dict()
-        return d
-
-    @classmethod
-    def from_dict(cls, data: Dict[str, Any]) -> "IARMConfig":
-        return cls(**data)
+    def model_arguments(self, device: Optional[torch.device]) -> Dict[str, Any]:
+        """The shared arguments plus the user fields of Eq. 5."""
+        return dict(super().model_arguments(device), user_feature_names=self.features.user_feature_names)
