@@ -334,6 +334,8 @@ def test_sharded_forward_matches_unsharded(sharded_runs: Any, scenario: str) -> 
     batch = make_batch(0, WORLD_SIZE * LOCAL_BATCH)
     with torch.no_grad():
         expected = reference_model(full).model(batch.dense_features, batch.sparse_features)
+    empty_bags = batch.sparse_features["genres"].lengths().view(WORLD_SIZE, LOCAL_BATCH) == 0
+    assert empty_bags.any(dim=1).all(), "every rank's batch should hold an empty MEAN bag (it pools to zeros)"
     for rank, result in enumerate(per_rank):
         local = expected[rank * LOCAL_BATCH : (rank + 1) * LOCAL_BATCH]
         torch.testing.assert_close(result["logits"], local, atol=1e-5, rtol=0, msg=lambda m: f"rank {rank}: {m}")
