@@ -75,6 +75,10 @@ class MovieLensReader(RowReader):
         self.field_set = field_set
         self.sparse_fields, self.dense_fields, self.user_fields = (list(x) for x in FIELD_SETS[field_set])
         self.paths = {name: find_file(source, [f"{name}.dat"]) for name in ("users", "movies", "ratings")}
+        self._rows: Optional[RawRows] = None  # parsed once: counting and encoding both read all of it
+
+    def __getstate__(self) -> Dict[str, object]:
+        return {**self.__dict__, "_rows": None}
 
     def plan(self, chunk_bytes: int) -> List[Chunk]:
         return [self._whole("ratings")[1]]
@@ -93,6 +97,11 @@ class MovieLensReader(RowReader):
         return split_table(data, chunk, b"::", ", ".join(columns), len(columns), self.skip_bad_rows, ascii_only)
 
     def parse(self, chunk: Chunk, data: Optional[bytes]) -> RawRows:
+        if self._rows is None:
+            self._rows = self._parse()
+        return self._rows
+
+    def _parse(self) -> RawRows:
         users = self._table("users", USER_COLUMNS)
         user_ids = self._ids(users, "user_id")
         user_keys = token_keys(users.tokens[:, 1:])  # gender, age, occupation, zip
