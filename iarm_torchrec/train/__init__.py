@@ -1,0 +1,5 @@
+"""Distributed training: settings, sharding, the training loop, evaluation, checkpoints, export."""
+
+from iarm_torchrec.train.settings import TrainSettings
+
+__all__ = ["TrainSettings"]

@@ -1,0 +1,103 @@
+"""The process group, the same for one process and for N ranks under torchrun / TorchX.
+
+Under a launcher, ``RANK``, ``WORLD_SIZE``, ``LOCAL_RANK`` and ``MASTER_ADDR``/``MASTER_PORT``
+come from the environment. Without them the run is world size 1 in a local gloo group on a
+free port, so that the one code path (``DistributedModelParallel``, sharded checkpoints,
+gathered metrics) runs unchanged on a laptop.
+
+Example::
+
+    >>> env = DistEnv.from_environment(device="cpu")  # doctest: +SKIP
+    >>> env.rank, env.world_size, env.device.type     # doctest: +SKIP
+    (0, 1, 'cpu')
+"""
+
+import os
+import socket
+from dataclasses import dataclass
+from datetime import timedelta
+from typing import List
+
+import torch
+import torch.distributed as dist
+
+_TIMEOUT = timedelta(minutes=30)
+
+
+@dataclass
+class DistEnv:
+    """This process's place in the job.
+
+    Args:
+        rank / world_size: the global rank and the number of ranks.
+        local_rank / local_world_size: the same within this host.
+        device: where the model runs (``cuda:<local_rank>`` or ``cpu``).
+    """
+
+    rank: int
+    world_size: int
+    local_rank: int
+    local_world_size: int
+    device: torch.device
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @classmethod
+    def from_environment(cls, device: str = "auto") -> "DistEnv":
+        """Join (or, alone, create) the default process group: NCCL on CUDA, gloo on CPU."""
+        if device == "cuda" and not torch.cuda.is_available():
+            raise RuntimeError("--device cuda, but torch sees no CUDA device; use --device cpu")
+        use_cuda = device == "cuda" or (device == "auto" and torch.cuda.is_available())
+        rank = int(os.environ.get("RANK", 0))
+        world_size = int(os.environ.get("WORLD_SIZE", 1))
+        local_rank = int(os.environ.get("LOCAL_RANK", rank))
+        local_world_size = int(os.environ.get("LOCAL_WORLD_SIZE", world_size))
+        if use_cuda:
+            torch_device = torch.device("cuda", local_rank)
+            torch.cuda.set_device(torch_device)
+        else:
+            torch_device = torch.device("cpu")
+        if not dist.is_initialized():
+            if "MASTER_ADDR" not in os.environ:
+                if world_size != 1:
+                    raise RuntimeError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun")
+                os.environ["MASTER_ADDR"] = "127.0.0.1"
+                os.environ["MASTER_PORT"] = str(_free_port())
+            dist.init_process_group(
+                backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=_TIMEOUT
+            )
+        return cls(rank, dist.get_world_size(), local_rank, local_world_size, torch_device)
+
+    def barrier(self) -> None:
+        dist.barrier()
+
+    def gather_all(self, tensor: torch.Tensor) -> torch.Tensor:
+        """Every rank's 1-D ``tensor`` (lengths may differ), concatenated in rank order, on every rank."""
+        tensor = tensor.to(self.device).contiguous()
+        size = torch.tensor([tensor.numel()], device=self.device)
+        sizes: List[torch.Tensor] = [torch.zeros_like(size) for _ in range(self.world_size)]
+        dist.all_gather(sizes, size)
+        longest = int(max(s.item() for s in sizes))
+        padded = torch.zeros(longest, dtype=tensor.dtype, device=self.device)
+        padded[: tensor.numel()] = tensor
+        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
+        dist.all_gather(parts, padded)
+        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).cpu()
+
+    def broadcast_object(self, obj: object) -> object:
+        """Rank 0's ``obj`` on every rank."""
+        box = [obj]
+        dist.broadcast_object_list(box, src=0)
+        return box[0]
+
+    def close(self) -> None:
+        if dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def _free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

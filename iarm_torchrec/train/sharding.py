@@ -1,0 +1,185 @@
+"""From a model built on ``meta`` to a sharded ``DistributedModelParallel`` and its optimizer.
+
+The steps, as in TorchRec's DLRM example:
+
+1. the sparse optimizer is attached to every ``EmbeddingBagCollection``'s tables with
+   ``apply_optimizer_in_backward``; the sharder turns it into an FBGEMM kernel that updates
+   the rows inside the backward pass (no table gradient is ever materialised);
+2. ``EmbeddingShardingPlanner`` plans over a ``Topology`` of this job (world size, CPU or
+   CUDA) under constraints: no data-parallel copies (tables stay on the fused kernel) and
+   no row-wise splits of ``MEAN``-pooled tables (a mean over ids split across ranks would be
+   a sum of partial means);
+3. ``DistributedModelParallel`` shards the tables and wraps the rest in DDP;
+4. the fused optimizer is combined with a dense one over every other parameter
+   (``KeyedOptimizerWrapper`` + ``CombinedOptimizer``).
+
+FBGEMM's CPU kernels fuse SGD, Adagrad and row-wise Adagrad only. ``adam`` for the tables on
+CPU therefore keeps them on the non-fused ``dense`` compute kernel, where they are ordinary
+parameters stepped by a ``torch.optim.Adam`` of their own (``sparse_lr``).
+"""
+
+import logging
+import zlib
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, List, Tuple, Type
+
+import torch
+import torch.distributed as dist
+from torch import nn
+from torch.distributed._shard.sharded_tensor import ShardedTensor
+from torchrec import optim as trec_optim
+from torchrec.distributed.embedding_types import EmbeddingComputeKernel
+from torchrec.distributed.embeddingbag import EmbeddingBagCollectionSharder
+from torchrec.distributed.model_parallel import DistributedModelParallel
+from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
+from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
+from torchrec.distributed.types import ShardingPlan, ShardingType
+from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
+from torchrec.optim.optimizers import in_backward_optimizer_filter
+
+from iarm_torchrec.train.distributed import DistEnv
+
+logger = logging.getLogger(__name__)
+
+# torchrec's wrappers: the sharder maps each to its FBGEMM EmbOptimType.
+SPARSE_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
+    "adam": trec_optim.Adam,
+    "rowwise_adagrad": trec_optim.RowWiseAdagrad,
+    "adagrad": trec_optim.Adagrad,
+    "sgd": trec_optim.SGD,
+}
+DENSE_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
+    "adam": torch.optim.Adam,
+    "adagrad": torch.optim.Adagrad,
+    "sgd": torch.optim.SGD,
+}
+CPU_FUSED_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+_ROW_SPLITTING = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value, ShardingType.GRID_SHARD.value}
+
+
+def sparse_optimizer_is_fused(name: str, device: torch.device) -> bool:
+    """Whether FBGEMM can apply optimizer ``name`` inside backward on ``device``."""
+    return device.type != "cpu" or name in CPU_FUSED_SPARSE_OPTIMIZERS
+
+
+def embedding_bag_collections(model: nn.Module) -> List[Tuple[str, EmbeddingBagCollection]]:
+    return [(n, m) for n, m in model.named_modules() if isinstance(m, EmbeddingBagCollection)]
+
+
+def sharding_constraints(model: nn.Module, fused: bool) -> Dict[str, ParameterConstraints]:
+    """Per table: every sharding type but data-parallel, and none that splits rows of a
+    ``MEAN``-pooled table; the dense compute kernel when the optimizer cannot be fused."""
+    constraints: Dict[str, ParameterConstraints] = {}
+    for _, ebc in embedding_bag_collections(model):
+        for config in ebc.embedding_bag_configs():
+            types = [t.value for t in ShardingType if t != ShardingType.DATA_PARALLEL]
+            if config.pooling == PoolingType.MEAN:
+                types = [t for t in types if t not in _ROW_SPLITTING]
+            constraints[config.name] = ParameterConstraints(
+                sharding_types=types,
+                compute_kernels=None if fused else [EmbeddingComputeKernel.DENSE.value],
+            )
+    return constraints
+
+
+@dataclass
+class ShardedModel:
+    """The sharded model, its combined optimizer and the plan it was sharded by."""
+
+    model: DistributedModelParallel
+    optimizer: KeyedOptimizer
+    plan: ShardingPlan
+    sparse_fused: bool
+
+
+def shard_model(
+    model: nn.Module,
+    env: DistEnv,
+    dense_optimizer: str,
+    lr: float,
+    sparse_optimizer: str,
+    sparse_lr: float,
+) -> ShardedModel:
+    """Shard ``model`` (a ``*Train`` wrapper built on ``meta``) over the job in ``env``."""
+    fused = sparse_optimizer_is_fused(sparse_optimizer, env.device)
+    tables: List[nn.Parameter] = [p for _, ebc in embedding_bag_collections(model) for p in ebc.parameters()]
+    if fused:
+        apply_optimizer_in_backward(SPARSE_OPTIMIZER_CLASSES[sparse_optimizer], tables, {"lr": sparse_lr})
+    else:
+        logger.warning(
+            "FBGEMM's CPU kernels cannot fuse %s: the tables use the dense compute kernel and a "
+            "non-fused torch.optim.Adam (lr=%g)",
+            sparse_optimizer,
+            sparse_lr,
+        )
+    topology = TopologyFactory.create_topology(
+        TrainerConfig(world_size=env.world_size, local_world_size=env.local_world_size),
+        kernel_config=KernelConfig(compute_device=env.device.type),
+    )
+    sharders = [EmbeddingBagCollectionSharder()]
+    planner = EmbeddingShardingPlanner(topology=topology, constraints=sharding_constraints(model, fused))
+    plan = planner.collective_plan(model, sharders, dist.GroupMember.WORLD)
+    table_names = set(table_configs(model))
+    dmp = DistributedModelParallel(module=model, device=env.device, plan=plan, sharders=sharders)
+    dense_params = dict(in_backward_optimizer_filter(dmp.named_parameters()))
+    optimizers: List[KeyedOptimizer] = []
+    if fused:
+        optimizers.append(dmp.fused_optimizer)
+    else:
+        sparse_params = {k: v for k, v in dense_params.items() if k in table_names}
+        dense_params = {k: v for k, v in dense_params.items() if k not in table_names}
+        optimizers.append(_keyed(sparse_params, torch.optim.Adam, sparse_lr))
+    optimizers.append(_keyed(dense_params, DENSE_OPTIMIZER_CLASSES[dense_optimizer], lr))
+    return ShardedModel(dmp, CombinedOptimizer(optimizers), plan, fused)
+
+
+def _keyed(params: Dict[str, nn.Parameter], cls: Type[torch.optim.Optimizer], lr: float) -> KeyedOptimizerWrapper:
+    factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = lambda ps: cls(ps, lr=lr)
+    return KeyedOptimizerWrapper(params, factory)
+
+
+_INIT_CHUNK_ROWS = 1 << 20
+
+
+@torch.no_grad()
+def init_tables(sharded: DistributedModelParallel, configs: Dict[str, EmbeddingBagConfig], seed: int) -> None:
+    """Fill every table shard with values that depend on ``seed`` and the table only, not on
+    how the planner split the tables over ranks (each rank's own initialisation would), so
+    one and N ranks start from the same model.
+
+    Values follow the table's own init range (``uniform(weight_init_min, weight_init_max)``,
+    TorchRec's default) and are drawn in chunks of :data:`_INIT_CHUNK_ROWS` rows, each from a
+    generator seeded by ``(seed, table, chunk)``: a rank draws only the chunks its shards
+    overlap. ``configs`` maps state-dict keys of table weights to their configs.
+    """
+    state = sharded.state_dict()
+    for key, config in configs.items():
+        low, high = config.get_weight_init_min(), config.get_weight_init_max()
+        for (row, col), shard in local_shards(state[key]):
+            rows, cols = shard.shape
+            for chunk in range(row // _INIT_CHUNK_ROWS, (row + rows - 1) // _INIT_CHUNK_ROWS + 1):
+                first = chunk * _INIT_CHUNK_ROWS
+                count = min(_INIT_CHUNK_ROWS, config.num_embeddings - first)
+                generator = torch.Generator().manual_seed(zlib.crc32(f"{seed}/{config.name}/{chunk}".encode()))
+                values = torch.empty(count, config.embedding_dim).uniform_(low, high, generator=generator)
+                lo, hi = max(row, first), min(row + rows, first + count)
+                shard[lo - row : hi - row].copy_(values[lo - first : hi - first, col : col + cols])
+
+
+def table_configs(model: nn.Module) -> Dict[str, EmbeddingBagConfig]:
+    """State-dict key of each table weight of ``model`` -> its config."""
+    return {
+        f"{name}.embedding_bags.{c.name}.weight": c
+        for name, ebc in embedding_bag_collections(model)
+        for c in ebc.embedding_bag_configs()
+    }
+
+
+def local_shards(tensor: torch.Tensor) -> List[Tuple[Tuple[int, int], torch.Tensor]]:
+    """``[((row, col), tensor)]`` of what this rank holds of a (possibly sharded) table."""
+    if isinstance(tensor, ShardedTensor):
+        return [((s.metadata.shard_offsets[0], s.metadata.shard_offsets[1]), s.tensor) for s in tensor.local_shards()]
+    return [((0, 0), tensor)]
