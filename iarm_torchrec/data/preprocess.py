@@ -23,11 +23,13 @@ millions of distinct values (Criteo Terabyte) use ``hash_buckets``, which skips 
 Ids: 0 is the missing/out-of-vocabulary id of every field.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
 import shutil
 from collections import deque
+from multiprocessing.pool import Pool
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar, Union
@@ -154,7 +156,8 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
         sparse[:, j] = _lookup(*job.lookups[name]).ids(rows.sparse[:, j])
     dense = np.empty(rows.dense.shape, dtype=np.float32)
     for j, name in enumerate(reader.dense_fields):
-        dense[:, j] = transform(rows.dense[:, j], job.numeric, NumericStats.from_dict(job.stats.get(name, {})))
+        stats = NumericStats.from_dict(job.stats[name]) if name in job.stats else NumericStats()  # log1p/none need none
+        dense[:, j] = transform(rows.dense[:, j], job.numeric, stats)
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
     written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples)
     for code, split in enumerate(SPLITS):
@@ -192,30 +195,39 @@ def _write_part(
     os.replace(tmp, part)
 
 
-def _map_chunks(
-    fn: Callable[[_Job, Chunk, Optional[bytes]], T], job: _Job, chunks: Sequence[Chunk], workers: int, desc: str
-) -> Iterator[T]:
-    """``fn(job, chunk, bytes-or-None)`` over the chunks, in order, on ``workers`` processes.
+@contextlib.contextmanager
+def _pool(workers: int, chunks: int) -> Iterator[Optional[Pool]]:
+    """Worker processes for every pass of one run (``None``: run inline, for one worker or one chunk)."""
+    if workers <= 1 or chunks <= 1:
+        yield None
+        return
+    with multiprocessing.get_context("spawn").Pool(min(workers, chunks)) as pool:
+        yield pool
 
-    At most ``2 * workers`` chunks are in flight, so gzip bytes fed by this process stay bounded.
+
+def _map_chunks(
+    fn: Callable[[_Job, Chunk, Optional[bytes]], T], job: _Job, chunks: Sequence[Chunk], pool: Optional[Pool], desc: str
+) -> Iterator[T]:
+    """``fn(job, chunk, bytes-or-None)`` over the chunks, in order, on the pool's processes (or inline).
+
+    At most two chunks per process are in flight, so gzip bytes fed by this process stay bounded.
     """
     payloads = chunk_payloads(chunks)
     with tqdm(total=len(chunks), desc=desc, unit="chunk", disable=None) as bar:
-        if workers <= 1 or len(chunks) <= 1:
+        if pool is None:
             for chunk, data in zip(chunks, payloads):
                 yield fn(job, chunk, data)
                 bar.update()
             return
-        with multiprocessing.get_context("spawn").Pool(workers) as pool:
-            pending: deque = deque()
-            for chunk, data in zip(chunks, payloads):
-                pending.append(pool.apply_async(fn, (job, chunk, data)))
-                if len(pending) >= 2 * workers:
-                    yield pending.popleft().get()
-                    bar.update()
-            while pending:
+        pending: deque = deque()
+        for chunk, data in zip(chunks, payloads):
+            pending.append(pool.apply_async(fn, (job, chunk, data)))
+            if len(pending) >= 2 * pool._processes:  # type: ignore[attr-defined]
                 yield pending.popleft().get()
                 bar.update()
+        while pending:
+            yield pending.popleft().get()
+            bar.update()
 
 
 def _default_workers() -> int:
@@ -239,9 +251,9 @@ def _field_list(value: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
     return [v.strip() for v in value.split(",") if v.strip()] if isinstance(value, str) else list(value)
 
 
-def _run_encode(job: _Job, chunks: Sequence[Chunk], workers: int) -> _Written:
+def _run_encode(job: _Job, chunks: Sequence[Chunk], pool: Optional[Pool]) -> _Written:
     total = _Written({s: 0 for s in SPLITS}, {s: 0 for s in SPLITS}, {}, 0, [])
-    for w in _map_chunks(_encode_chunk, job, chunks, workers, "encode"):
+    for w in _map_chunks(_encode_chunk, job, chunks, pool, "encode"):
         for split in w.rows:
             total.rows[split] += w.rows[split]
             total.positives[split] += w.positives[split]
@@ -327,23 +339,23 @@ def preprocess(
     job = _Job(reader, splits, sum(c.lines for c in chunks), str(out), lookups=lookups, numeric=numeric)
 
     sizes: Dict[str, int] = {f: buckets[f] + 1 for f in buckets}
-    if len(buckets) < len(reader.sparse_fields) or numeric in ("standard", "minmax"):
-        counters = {f: KeyCounter() for f in reader.sparse_fields if f not in buckets}
-        stats = {f: NumericStats() for f in reader.dense_fields}
-        for counts in _map_chunks(_count_chunk, job, chunks, workers, "count"):
-            for name, (keys, n) in counts.keys.items():
-                counters[name].add(keys, n)
-            for name, s in counts.stats.items():
-                stats[name].merge(s)
-        vocab_dir.mkdir()
-        for name, counter in counters.items():
-            vocab = Vocabulary.from_counts(*counter.result(), min_count)
-            vocab.save(vocab_dir / f"{name}.npy")
-            sizes[name] = vocab.size
-        del counters
-        job.stats = {name: s.to_dict() for name, s in stats.items()}
-
-    written = _run_encode(job, chunks, workers)
+    with _pool(workers, len(chunks)) as pool:
+        if len(buckets) < len(reader.sparse_fields) or numeric in ("standard", "minmax"):
+            counters = {f: KeyCounter() for f in reader.sparse_fields if f not in buckets}
+            stats = {f: NumericStats() for f in reader.dense_fields}
+            for counts in _map_chunks(_count_chunk, job, chunks, pool, "count"):
+                for name, (keys, n) in counts.keys.items():
+                    counters[name].add(keys, n)
+                for name, s in counts.stats.items():
+                    stats[name].merge(s)
+            vocab_dir.mkdir()
+            for name, counter in counters.items():
+                vocab = Vocabulary.from_counts(*counter.result(), min_count)
+                vocab.save(vocab_dir / f"{name}.npy")
+                sizes[name] = vocab.size
+            del counters
+            job.stats = {name: s.to_dict() for name, s in stats.items()}
+        written = _run_encode(job, chunks, pool)
     spec = FeatureSpec(
         dataset=dataset,
         sparse=[
@@ -439,7 +451,8 @@ def encode(
     chunks = reader.plan(int(chunk_mb * 2**20))
     out = _prepare_out(out_dir, overwrite)
     job = _Job(reader, None, 0, str(out), split_name, lookups, options["numeric"], options.get("numeric_stats", {}))
-    written = _run_encode(job, chunks, workers)
+    with _pool(workers, len(chunks)) as pool:
+        written = _run_encode(job, chunks, pool)
     spec = FeatureSpec(
         dataset=base.dataset,
         sparse=[
