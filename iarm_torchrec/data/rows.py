@@ -218,6 +218,7 @@ class RowChecker:
 
 
 def _show(token: bytes) -> str:
+    token = bytes(token)
     return repr(token.decode("latin-1")) if token.isascii() else repr(token)
 
 
@@ -295,7 +296,7 @@ def split_table(
         names = [c.strip() for c in columns.split(",")]
         for j in range(n_columns):
             col = tokens[:, j]
-            bad = (col.view(np.uint8).reshape(len(col), -1) > 127).any(axis=1)
+            bad = (np.ascontiguousarray(col).view(np.uint8).reshape(len(col), -1) > 127).any(axis=1)
             checker.flag_field(bad, names[j] if j < len(names) else f"#{j + 1}", col, "is not ASCII text (undecodable bytes)")
     return table
 
