@@ -1,8 +1,9 @@
-"""``python -m iarm_torchrec.train``: the same as ``iarm train``."""
+"""``python -m iarm_torchrec.train [flags]``: the same as ``iarm train [flags]`` (what torchrun and
+the TorchX components launch on every rank)."""
 
 import sys
 
-from iarm_torchrec.train.trainer import main
+from iarm_torchrec.cli import main
 
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(main(["train", *sys.argv[1:]]))

@@ -81,10 +81,11 @@ class CheckpointManager:
 
     Args:
         root: the checkpoints folder (``RUN/checkpoints``), on storage all ranks share.
-        env: this process's place in the job.
+        env: this process's place in the job; without it (one process, e.g. export) the
+            manager can list and verify checkpoints and load them without the random state.
     """
 
-    def __init__(self, root: Path, env: DistEnv) -> None:
+    def __init__(self, root: Path, env: Optional[DistEnv] = None) -> None:
         self.root = Path(root)
         self.env = env
 
@@ -97,6 +98,8 @@ class CheckpointManager:
 
     def save(self, model: nn.Module, optimizer: KeyedOptimizer, progress: Progress) -> Path:
         """Checkpoint everything at ``progress.step`` (collective: every rank calls it)."""
+        if self.env is None:
+            raise ValueError("saving a checkpoint needs the job's DistEnv")
         final = self.root / checkpoint_name(progress.step)
         tmp = final.with_name(final.name + ".tmp")
         if self.env.is_main:
@@ -171,7 +174,7 @@ class CheckpointManager:
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
-            rng_file = path / f"rng-{self.env.rank}.pt"
+            rng_file = path / f"rng-{self.env.rank if self.env else 0}.pt"
             if rng_file.is_file():  # absent when resumed with more ranks than saved
                 torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         return progress

@@ -17,7 +17,9 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from iarm_torchrec.data.loader import ShardedBatchLoader
+from iarm_torchrec.data.preprocess import preprocess
 from iarm_torchrec.data.spec import SPEC_FILE
+from iarm_torchrec.data.synthetic import GROUND_TRUTH_FILE, make_synthetic_dataset
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.settings import TrainSettings
 
@@ -57,12 +59,8 @@ def prepare_data(settings: TrainSettings, env: DistEnv) -> Path:
 
 def ground_truth_file(data_dir: Path) -> Optional[Path]:
     """The synthetic dataset's ``ground_truth.json`` (Bayes-optimal scores), when there is one."""
-    from iarm_torchrec.data.synthetic import GROUND_TRUTH_FILE
-
-    for folder in (data_dir, *data_dir.parents[:2]):
-        if (folder / GROUND_TRUTH_FILE).is_file():
-            return folder / GROUND_TRUTH_FILE
-    return None
+    path = data_dir / GROUND_TRUTH_FILE
+    return path if path.is_file() else None
 
 
 def _build(settings: TrainSettings, target: Path) -> None:
@@ -71,14 +69,8 @@ def _build(settings: TrainSettings, target: Path) -> None:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     logger.info("preprocessing %s into %s", settings.dataset, target)
     if settings.dataset == "synthetic":
-        from iarm_torchrec.data.synthetic import make_synthetic_dataset
-
-        made = Path(make_synthetic_dataset(tmp, rows=settings.synthetic_rows, seed=SYNTHETIC_SEED))
-        if made.resolve() != tmp.resolve():  # the preprocessed folder inside the generated one
-            (tmp / "preprocessed.json").write_text(json.dumps({"data": str(made.relative_to(tmp))}) + "\n")
+        make_synthetic_dataset(tmp, rows=settings.synthetic_rows, seed=SYNTHETIC_SEED)
     else:
-        from iarm_torchrec.data.preprocess import preprocess
-
         preprocess(settings.dataset, settings.data_dir, tmp, **settings.preprocess_options())
     shutil.rmtree(target, ignore_errors=True)
     os.replace(tmp, target)

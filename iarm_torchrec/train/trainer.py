@@ -13,8 +13,7 @@
    improved for ``early_stopping_patience`` epochs;
 6. reloads the best checkpoint and evaluates it on the test split.
 
-The run folder holds ``settings.json``, ``model.json`` (registry config), ``spec.json``
-(the feature spec), ``checkpoints/``, ``metrics.json``, ``summary.txt`` and ``tensorboard/``.
+The run folder's files are listed in :mod:`~iarm_torchrec.train.layout`.
 
 Fault injection for tests: with ``IARM_FAIL_AT_STEP=k`` in the environment, rank
 ``min(1, world_size - 1)`` exits with status 1 right after step ``k``, once per run folder
@@ -44,15 +43,12 @@ from iarm_torchrec.train.checkpoint import CheckpointManager, Progress, checkpoi
 from iarm_torchrec.train.dataset import GlobalBatchLoader, ground_truth_file, prepare_data
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
+from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, RUN_FILE, SUMMARY_FILE, TENSORBOARD_DIR
 from iarm_torchrec.train.settings import TrainSettings
 from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
 
 logger = logging.getLogger(__name__)
 
-MODEL_FILE = "model.json"
-METRICS_FILE = "metrics.json"
-SUMMARY_FILE = "summary.txt"
-CHECKPOINT_DIR = "checkpoints"
 FAIL_AT_STEP_ENV = "IARM_FAIL_AT_STEP"
 _FAIL_MARKER = ".iarm-fail-injected"
 
@@ -84,6 +80,7 @@ class Trainer:
         if env.is_main:
             (self.run_dir / MODEL_FILE).write_text(json.dumps(model_config_dict(self.model_config), indent=2) + "\n")
             shutil.copyfile(self.data_dir / SPEC_FILE, self.run_dir / SPEC_FILE)
+            _write_json(self.run_dir / RUN_FILE, {"data_dir": str(self.data_dir.resolve())})
 
         torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
         model = CTRTrain(self.model_config.build(torch.device("meta")))
@@ -302,7 +299,7 @@ def _tensorboard(run_dir: Path) -> Optional[Any]:
     except ImportError:
         logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
         return None
-    return SummaryWriter(str(run_dir / "tensorboard"))
+    return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
 
 
 def train(settings: TrainSettings) -> Dict[str, Any]:
@@ -323,11 +320,3 @@ def setup_logging() -> None:
         package.addHandler(handler)
         package.propagate = False
     package.setLevel(logging.INFO if int(os.environ.get("RANK", 0)) == 0 else logging.WARNING)
-
-
-def main(argv: Optional[List[str]] = None) -> int:
-    setup_logging()
-    metrics = train(TrainSettings.from_args(argv))
-    if int(os.environ.get("RANK", 0)) == 0:
-        print(summary_text(metrics), end="")
-    return 0

@@ -1,0 +1,128 @@
+"""The ``iarm`` command.
+
+::
+
+    iarm train   [flags]                        train (alone, or as one rank under torchrun / TorchX)
+    iarm export  RUN --out FILE                 a run's best model as one self-contained file
+    iarm predict --model FILE --input RAW --out SCORES
+    iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
+
+Each subcommand is a :class:`Command` in :data:`COMMANDS`; a new one (``experiment``) is
+one more entry.
+"""
+
+import argparse
+import sys
+from dataclasses import dataclass
+from typing import Callable, Dict, List, Optional
+
+
+@dataclass(frozen=True)
+class Command:
+    """One subcommand: its help line, its flags and what it runs (returns the exit status)."""
+
+    help: str
+    add_arguments: Callable[[argparse.ArgumentParser], None]
+    run: Callable[[argparse.Namespace], int]
+
+
+def _train_arguments(parser: argparse.ArgumentParser) -> None:
+    from iarm_torchrec.train.settings import add_arguments
+
+    add_arguments(parser)
+
+
+def _train(args: argparse.Namespace) -> int:
+    import os
+
+    from iarm_torchrec.train.settings import TrainSettings
+    from iarm_torchrec.train.trainer import setup_logging, summary_text, train
+
+    setup_logging()
+    metrics = train(TrainSettings.from_namespace(args))
+    if int(os.environ.get("RANK", 0)) == 0:
+        print(summary_text(metrics), end="")
+    return 0
+
+
+def _export_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("run", help="the run folder (iarm train --out)")
+    parser.add_argument("--out", required=True, help="the file to write")
+    parser.add_argument("--checkpoint", help="a checkpoint folder to export instead of the run's best")
+
+
+def _export(args: argparse.Namespace) -> int:
+    from iarm_torchrec.train.export import export_run
+
+    print(export_run(args.run, args.out, args.checkpoint))
+    return 0
+
+
+def _predict_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--model", required=True, help="an exported model (iarm export)")
+    parser.add_argument("--input", required=True, help="a raw file in the training dataset's format")
+    parser.add_argument("--out", required=True, help="where to write one click probability per line")
+    parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
+    parser.add_argument("--batch-size", type=int, default=4096)
+
+
+def _predict(args: argparse.Namespace) -> int:
+    from iarm_torchrec.train.predict import predict
+
+    scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size)
+    print(f"{len(scores)} scores written to {args.out}")
+    return 0
+
+
+def _data_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("dataset", choices=["criteo", "avazu", "movielens-1m"])
+    parser.add_argument("source", help="the original file or folder")
+    parser.add_argument("out", help="the preprocessed folder to write")
+    parser.add_argument("--field-set", help="movielens-1m: paper or ids")
+    parser.add_argument("--split", choices=["random", "time"])
+    parser.add_argument("--valid-ratio", type=float)
+    parser.add_argument("--test-ratio", type=float)
+    parser.add_argument("--seed", type=int)
+    parser.add_argument("--min-count", type=int)
+    parser.add_argument("--hash-buckets", type=int)
+    parser.add_argument("--numeric", choices=["log1p", "standard", "minmax", "none"])
+    parser.add_argument("--user-fields", help="comma-separated user fields (Eq. 5)")
+    parser.add_argument("--skip-bad-rows", action="store_true", default=None)
+    parser.add_argument("--workers", type=int)
+    parser.add_argument("--overwrite", action="store_true", default=None)
+
+
+def _data(args: argparse.Namespace) -> int:
+    from iarm_torchrec.data.preprocess import preprocess
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("dataset", "source", "out", "command", "handler")}
+    spec = preprocess(args.dataset, args.source, args.out, **given)
+    print(f"{args.out}: {spec.rows} rows, {len(spec.sparse)} categorical and {len(spec.dense)} numerical fields")
+    return 0
+
+
+COMMANDS: Dict[str, Command] = {
+    "train": Command("train a CTR model (IARM by default)", _train_arguments, _train),
+    "export": Command("export a run's best model to one file", _export_arguments, _export),
+    "predict": Command("click probabilities for a raw file", _predict_arguments, _predict),
+    "data": Command("preprocess a dataset", _data_arguments, _data),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="iarm", description=__doc__.split("\n\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, command in COMMANDS.items():
+        sub = commands.add_parser(name, help=command.help, description=command.help)
+        command.add_arguments(sub)
+        sub.set_defaults(handler=command.run)
+    return parser
+
+
+def main(argv: Optional[List[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
+    return args.handler(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,52 @@
+"""Click-through rates for a raw file, from an exported model.
+
+``iarm predict --model FILE --input RAW --out SCORES`` reads ``RAW`` in the dataset's own
+format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
+the vocabulary and numeric statistics saved in the export (the data side's
+:func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
+click probability per input row, in input order.
+"""
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Union
+
+import torch
+from tqdm import tqdm
+
+from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
+from iarm_torchrec.data.preprocess import encode
+from iarm_torchrec.train.export import model_from_payload, read_export, write_data_files
+
+PathLike = Union[str, "os.PathLike[str]"]
+
+
+def predict(
+    model_file: PathLike,
+    input_file: PathLike,
+    out_file: PathLike,
+    labelled: bool = True,
+    batch_size: int = 4096,
+    progress: bool = True,
+) -> torch.Tensor:
+    """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``) and return them."""
+    payload = read_export(model_file)
+    model = model_from_payload(payload)
+    with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
+        data_dir = write_data_files(payload, Path(tmp) / "data")
+        encoded = Path(tmp) / "encoded"
+        encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test")
+        loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
+        scores = []
+        with torch.no_grad():
+            for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
+                probabilities = torch.sigmoid(model(batch.dense_features, batch.sparse_features))
+                scores.append(probabilities[batch.labels != PADDING_LABEL])
+        result = torch.cat(scores)
+    out = Path(out_file)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp_out = out.with_name(out.name + ".tmp")
+    tmp_out.write_text("".join(f"{p:.6g}\n" for p in result.tolist()))
+    os.replace(tmp_out, out)
+    return result
