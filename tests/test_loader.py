@@ -197,7 +197,7 @@ def test_real_data_batch_trains_iarm(tmp_path: Path, dataset: str, folder: str) 
     from iarm_torchrec.models.iarm import IARMConfig, IARMTrain
 
     torch.manual_seed(0)
-    spec = preprocess(dataset, source, tmp_path)
+    spec = preprocess(dataset, str(source), str(tmp_path), workers=1)
     loader = ShardedBatchLoader(tmp_path, "train", batch_size=32, shuffle=True)
     batch = next(iter(loader))
     features = spec.to_feature_config(16)
