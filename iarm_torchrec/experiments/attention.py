@@ -5,6 +5,8 @@ interacting layer's ``alpha^h_{m,k}`` over the samples, giving ``L x H x M x M``
 of each map still sums to 1). :func:`pair_scores` folds that into one symmetric ``M x M``
 score per field pair: layers, heads and both directions (``m`` attending to ``k`` and ``k``
 to ``m``) averaged. :func:`ranked_pairs` lists the pairs ``m < k`` from the highest score down.
+:func:`run_attention` does it for a finished training run (its best checkpoint, its test
+split) and keeps the result as ``RUN/attention.pt``.
 
 Example::
 
@@ -19,6 +21,7 @@ Example::
 
 import json
 import os
+import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
 
@@ -26,7 +29,9 @@ import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
 
-from iarm_torchrec.data.loader import PADDING_LABEL
+from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
+from iarm_torchrec.train.export import export_run, load_exported
+from iarm_torchrec.train.layout import RUN_FILE
 
 ATTENTION_FILE = "attention.pt"
 
@@ -91,3 +96,19 @@ def load_attention(run_dir: "os.PathLike[str] | str") -> Optional[Tuple[torch.Te
         return None
     saved = torch.load(path, weights_only=True)
     return saved["maps"], json.loads(saved["fields"])
+
+
+def run_attention(run_dir: "os.PathLike[str] | str", batch_size: int = 4096) -> Tuple[torch.Tensor, List[str]]:
+    """The ``L x H x M x M`` test-split attention of a finished IARM run and its field names,
+    computed from the run's best checkpoint on first use and kept in ``RUN/attention.pt``."""
+    run_dir = Path(run_dir)
+    cached = load_attention(run_dir)
+    if cached is not None:
+        return cached
+    with tempfile.TemporaryDirectory(prefix="iarm-attention-") as tmp:
+        model = load_exported(export_run(run_dir, Path(tmp) / "model.pt"))
+    data_dir = Path(json.loads((run_dir / RUN_FILE).read_text())["data_dir"])
+    loader = ShardedBatchLoader(data_dir, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
+    maps = mean_attention(model, loader)
+    save_attention(run_dir, maps, model.field_names)
+    return maps, list(model.field_names)

@@ -20,8 +20,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from iarm_torchrec.experiments.presets import RunSpec
-
-METRICS_FILE = "metrics.json"
+from iarm_torchrec.train.layout import METRICS_FILE
 
 
 def load_metrics(run_dir: Path) -> Optional[Dict[str, Any]]:

@@ -1,0 +1,149 @@
+"""`iarm experiment`: presets expand into the paper's runs, finished runs are reused, seeds are
+summarised as mean and standard deviation, and the report prints the paper's figures beside ours."""
+
+import json
+import math
+import statistics
+from dataclasses import replace
+from pathlib import Path
+from typing import List
+
+import pytest
+
+from iarm_torchrec.experiments.paper import paper_figure
+from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir
+from iarm_torchrec.experiments.report import render_report, render_table
+from iarm_torchrec.experiments.results import METRICS_FILE, load_metrics, summarize
+from iarm_torchrec.train.settings import TrainSettings
+
+BASE = TrainSettings(dataset="synthetic", epochs=1, batch_size=256)
+
+
+def _finish(run_dir: Path, auc: float, loss: float) -> None:
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / METRICS_FILE).write_text(json.dumps({"test_auc": auc, "test_logloss": loss}))
+
+
+def test_table2_runs_every_model_at_every_seed(tmp_path: Path) -> None:
+    runs = expand("table2", BASE, [0, 1, 2], tmp_path)
+    assert len(runs) == 30
+    assert [r.settings.model for r in runs[::3]] == TABLE2_MODELS
+    assert [r.variant.label for r in runs[::3]] == [
+        "FM", "Wide&Deep", "DeepFM", "AFM", "DCN", "NFM", "PNN", "AutoInt", "Deep Crossing", "IARM"
+    ]
+    assert [r.seed for r in runs[:3]] == [0, 1, 2] and [r.settings.seed for r in runs[:3]] == [0, 1, 2]
+    assert len({r.run_dir for r in runs}) == 30
+    assert all(r.settings.out == str(r.run_dir) and r.settings.epochs == 1 for r in runs)
+    assert all(r.run_dir.parent.name.startswith(r.settings.model + "-") for r in runs)
+
+
+def test_ablation_layers_split_and_attention_presets(tmp_path: Path) -> None:
+    ablation = {r.variant.label: r.settings for r in expand("ablation", BASE, [0], tmp_path)}
+    assert list(ablation) == ["IARM", "IARM*", "IRM", "IARM-"]
+    flags = {k: (s.use_interest, s.use_attention, s.use_residual) for k, s in ablation.items()}
+    assert flags == {
+        "IARM": (True, True, True),
+        "IARM*": (False, True, True),
+        "IRM": (True, False, True),
+        "IARM-": (True, True, False),
+    }
+    layers = expand("layers", BASE, [0, 1, 2], tmp_path)
+    assert [(r.settings.num_layers, r.variant.group) for r in layers[::3]] == [(n, str(n)) for n in range(5)]
+    split = expand("split", BASE, [0], tmp_path, models=["fm", "iarm"])
+    assert [(r.settings.model, r.settings.test_ratio, r.variant.group) for r in split] == [
+        ("fm", 0.2, "0.2"), ("iarm", 0.2, "0.2"), ("fm", 0.3, "0.3"), ("iarm", 0.3, "0.3")
+    ]
+    attention = expand("attention", BASE, [4], tmp_path)
+    assert [(r.settings.model, r.seed) for r in attention] == [("iarm", 4)]
+
+
+def test_runs_are_shared_between_studies_and_keyed_by_what_changes_the_result(tmp_path: Path) -> None:
+    iarm = {p: expand(p, BASE, [0], tmp_path)[i].run_dir for p, i in
+            [("table2", 9), ("ablation", 0), ("layers", 3), ("attention", 0)]}
+    assert len(set(iarm.values())) == 1, iarm
+    assert iarm["table2"] == tmp_path / "runs" / iarm["table2"].parent.name / "seed-0"
+    same = replace(BASE, model="iarm", out="elsewhere", device="cpu", resume="latest", cache_dir="/tmp/c")
+    assert run_dir(tmp_path, same) == run_dir(tmp_path, replace(BASE, model="iarm"))
+    for change in ({"epochs": 2}, {"lr": 0.01}, {"num_layers": 2}, {"test_ratio": 0.3}, {"seed": 1}):
+        assert run_dir(tmp_path, replace(BASE, model="iarm", **change)) != run_dir(tmp_path, replace(BASE, model="iarm"))
+
+
+def test_expand_rejects_bad_requests(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="unknown preset 'table9'; choose one of"):
+        expand("table9", BASE, [0], tmp_path)
+    with pytest.raises(ValueError, match="at least one seed"):
+        expand("table2", BASE, [], tmp_path)
+    with pytest.raises(ValueError, match="seeds must be distinct"):
+        expand("table2", BASE, [1, 1], tmp_path)
+
+
+def test_summaries_are_mean_and_sample_std_over_finished_seeds(tmp_path: Path) -> None:
+    runs = expand("ablation", BASE, [0, 1, 2], tmp_path)
+    aucs = {0: 0.81, 1: 0.83, 2: 0.86}
+    for r in runs:
+        if r.variant.label == "IARM":
+            _finish(r.run_dir, aucs[r.seed], 0.40 - r.seed / 100)
+        elif r.variant.label == "IRM" and r.seed == 1:
+            _finish(r.run_dir, 0.8, 0.41)
+    rows = summarize(runs)
+    assert [(s.label, s.seeds) for s in rows] == [("IARM", [0, 1, 2]), ("IRM", [1])]
+    iarm = rows[0]
+    assert iarm.auc_mean == pytest.approx(statistics.fmean(aucs.values()))
+    assert iarm.auc_std == pytest.approx(math.sqrt(((0.81 - 0.8333333) ** 2 + (0.83 - 0.8333333) ** 2 + (0.86 - 0.8333333) ** 2) / 2), rel=1e-5)
+    assert iarm.loss_mean == pytest.approx(0.39) and iarm.loss_std == pytest.approx(0.01)
+    assert math.isnan(rows[1].auc_std) and rows[1].n == 1
+
+
+def test_bad_metrics_files_name_the_file(tmp_path: Path) -> None:
+    (tmp_path / METRICS_FILE).write_text('{"test_auc": 0.8,\n oops}')
+    with pytest.raises(ValueError, match=rf"{tmp_path}/metrics.json: line 2: not valid JSON"):
+        load_metrics(tmp_path)
+    (tmp_path / METRICS_FILE).write_text('{"test_auc": 0.8}')
+    with pytest.raises(ValueError, match=r"metrics.json: missing \['test_logloss'\]"):
+        load_metrics(tmp_path)
+    assert load_metrics(tmp_path / "absent") is None
+
+
+def _table_rows(markdown: str) -> List[List[str]]:
+    return [[c.strip() for c in line.strip("|").split("|")] for line in markdown.splitlines() if line.startswith("| ")]
+
+
+def test_report_prints_the_papers_figures_beside_ours(tmp_path: Path) -> None:
+    runs = expand("table2", BASE, [0, 1], tmp_path, models=["autoint", "iarm"])
+    for r in runs:
+        _finish(r.run_dir, 0.84 + r.seed / 100, 0.33)
+    rows = _table_rows(render_table("table2", "movielens-1m", summarize(runs)))
+    assert rows[0] == ["Model", "AUC (ours)", "LOSS (ours)", "AUC (paper)", "LOSS (paper)", "seeds"]
+    assert rows[1] == ["AutoInt", "0.8450 ± 0.0071", "0.3300 ± 0.0000", "0.8362", "0.3393", "2"]
+    assert rows[2] == ["IARM", "0.8450 ± 0.0071", "0.3300 ± 0.0000", "0.8386", "0.3296", "2"]
+    criteo = _table_rows(render_table("table2", "criteo", summarize(runs)))
+    assert criteo[2][3:5] == ["0.7545", "0.4830"]
+    synthetic = _table_rows(render_table("table2", "synthetic", summarize(runs)))
+    assert synthetic[2][3:5] == ["—", "—"]
+    report = render_report("table2", "movielens-1m", summarize(runs), {"seeds": "0,1"}, [("AUC", "plots/x.png")])
+    assert report.startswith("## Table 2: effectiveness comparison of the models — movielens-1m")
+    assert "- seeds: 0,1" in report and "![AUC](plots/x.png)" in report
+
+
+def test_split_report_has_tables_6_layout_and_changes(tmp_path: Path) -> None:
+    runs = expand("split", BASE, [0], tmp_path, models=["deepfm"])
+    _finish(runs[0].run_dir, 0.73, 0.47)  # test ratio 0.2
+    _finish(runs[1].run_dir, 0.72, 0.48)  # test ratio 0.3
+    header, row = _table_rows(render_table("split", "criteo", summarize(runs)))
+    assert header[:5] == ["Model", "AUC 0.2 (ours)", "LOSS 0.2 (ours)", "AUC 0.2 (paper)", "LOSS 0.2 (paper)"]
+    cells = dict(zip(header, row))
+    assert cells["AUC 0.2 (paper)"] == "0.7283" and cells["LOSS 0.3 (paper)"] == "0.4792"
+    assert cells["AUC 0.3 (ours)"] == "0.7200"
+    assert cells["AUC change (ours)"] == "-0.0100" and cells["LOSS change (ours)"] == "+0.0100"
+    assert cells["AUC change (paper)"] == "-0.0034" and cells["LOSS change (paper)"] == "+0.0085"
+    assert cells["seeds"] == "1/1"
+
+
+def test_paper_figures_match_the_papers_tables() -> None:
+    assert paper_figure("ablation", "criteo", "IARM*") == (0.7371, 0.4965)
+    assert paper_figure("ablation", "avazu", "IRM") == (0.7637, 0.4019)
+    assert paper_figure("ablation", "movielens-1m", "IARM-") == (0.8236, 0.3422)
+    assert paper_figure("table2", "avazu", "FM") == (0.5437, 0.6221)
+    assert paper_figure("split", "criteo", "IARM", "0.3") == (0.7527, 0.4993)
+    assert paper_figure("split", "criteo", "IARM", "0.2") == paper_figure("table2", "criteo", "IARM")
+    assert paper_figure("layers", "movielens-1m", "3 layers", "3") is None
