@@ -71,12 +71,15 @@ def embedding_bag_collections(model: nn.Module) -> List[Tuple[str, EmbeddingBagC
 
 def sharding_constraints(model: nn.Module, fused: bool) -> Dict[str, ParameterConstraints]:
     """Per table: every sharding type but data-parallel, and none that splits rows of a
-    ``MEAN``-pooled table; the dense compute kernel when the optimizer cannot be fused."""
+    ``MEAN``-pooled table; when the optimizer cannot be fused, data-parallel with the dense
+    compute kernel (TorchRec offers that kernel for data-parallel tables only)."""
     constraints: Dict[str, ParameterConstraints] = {}
     for _, ebc in embedding_bag_collections(model):
         for config in ebc.embedding_bag_configs():
             types = [t.value for t in ShardingType if t != ShardingType.DATA_PARALLEL]
-            if config.pooling == PoolingType.MEAN:
+            if not fused:
+                types = [ShardingType.DATA_PARALLEL.value]
+            elif config.pooling == PoolingType.MEAN:
                 types = [t for t in types if t not in _ROW_SPLITTING]
             constraints[config.name] = ParameterConstraints(
                 sharding_types=types,
