@@ -6,6 +6,7 @@
     iarm export  RUN --out FILE                 a run's best model as one self-contained file
     iarm predict --model FILE --input RAW --out SCORES
     iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
+    iarm experiment --preset P --out DIR [...]  the paper's studies (table2, ablation, layers, split, attention)
 
 Each subcommand is a :class:`Command` in :data:`COMMANDS`; a new one (``experiment``) is
 one more entry.
@@ -101,11 +102,24 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
+    from iarm_torchrec.experiments.command import add_arguments
+
+    add_arguments(parser)
+
+
+def _experiment(args: argparse.Namespace) -> int:
+    from iarm_torchrec.experiments.command import run
+
+    return run(args)
+
+
 COMMANDS: Dict[str, Command] = {
     "train": Command("train a CTR model (IARM by default)", _train_arguments, _train),
     "export": Command("export a run's best model to one file", _export_arguments, _export),
     "predict": Command("click probabilities for a raw file", _predict_arguments, _predict),
     "data": Command("preprocess a dataset", _data_arguments, _data),
+    "experiment": Command("run the paper's studies and report them", _experiment_arguments, _experiment),
 }
 
 
