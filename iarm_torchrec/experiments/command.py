@@ -35,6 +35,7 @@ from iarm_torchrec.experiments.report import render_attention_pairs, render_repo
 from iarm_torchrec.experiments.results import load_metrics, summarize
 from iarm_torchrec.experiments.runner import TrainFn, run_all, run_seconds
 from iarm_torchrec.train.settings import DATASETS, TrainSettings
+from iarm_torchrec.train.trainer import setup_logging
 
 logger = logging.getLogger(__name__)
 
@@ -95,7 +96,7 @@ def base_settings(args: argparse.Namespace) -> TrainSettings:
 
 def run(args: argparse.Namespace, train: Optional[TrainFn] = None) -> int:
     """Run the studies of ``args`` (see the module docstring); ``train`` replaces the trainer."""
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    setup_logging()
     out = Path(args.out)
     base = base_settings(args)
     if len(args.seeds) < MIN_SEEDS:
