@@ -158,7 +158,9 @@ def main(argv: List[str]) -> None:
     lines += [
         "",
         "`vocab`: pass 1 counts values of the train split (min_count=10), pass 2 encodes; `hash`: 2^20 buckets "
-        "per field, no counting pass. Both plan the chunks with one extra sequential read.",
+        "per field, no counting pass. Both plan the chunks with one extra sequential read. Every process "
+        "(the driver and each spawned worker) imports `iarm_torchrec`, whose package import loads torch and "
+        "torchrec: about 330 MiB of RSS per process before any data.",
         "",
         "Produced by `benchmarks/preprocess_bench.py`.",
     ]

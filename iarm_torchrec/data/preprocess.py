@@ -183,7 +183,7 @@ def _write_part(
     multi: Dict[str, Tuple[np.ndarray, np.ndarray]],
 ) -> None:
     """One shard in the layout of :mod:`iarm_torchrec.data.spec`, written to a temp folder then renamed."""
-    tmp = part.with_name(part.name + ".tmp")
+    tmp = part.with_name(f".{part.name}.tmp")  # not matched by ``part-*`` if left behind
     shutil.rmtree(tmp, ignore_errors=True)
     tmp.mkdir(parents=True)
     np.save(tmp / "labels.npy", labels.astype(np.float32))
