@@ -44,7 +44,7 @@ def avazu(
 
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win)
-        data_dir: folder holding Avazu's train.csv, as seen by every node
+        data_dir: Avazu's train.csv or a folder holding it, as seen by every node
         cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
         resume: ``latest``: continue from the newest checkpoint in ``out`` (fresh when there is none), so

@@ -47,7 +47,7 @@ def criteo_dist(
 
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win)
-        data_dir: folder holding Criteo's train.txt, as seen by every node
+        data_dir: Criteo's train.txt, a folder holding it, or a folder of Terabyte day_N files, as seen by every node
         cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
         resume: ``latest``: continue from the newest checkpoint in ``out`` (fresh when there is none), so
