@@ -1,6 +1,7 @@
 """`iarm experiment`: presets expand into the paper's runs, finished runs are reused, seeds are
 summarised as mean and standard deviation, and the report prints the paper's figures beside ours."""
 
+import argparse
 import json
 import math
 import statistics
@@ -10,6 +11,7 @@ from typing import List
 
 import pytest
 
+from iarm_torchrec.experiments.command import add_arguments
 from iarm_torchrec.experiments.paper import paper_figure
 from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir
 from iarm_torchrec.experiments.report import render_report, render_table
@@ -147,3 +149,25 @@ def test_paper_figures_match_the_papers_tables() -> None:
     assert paper_figure("split", "criteo", "IARM", "0.3") == (0.7527, 0.4993)
     assert paper_figure("split", "criteo", "IARM", "0.2") == paper_figure("table2", "criteo", "IARM")
     assert paper_figure("layers", "movielens-1m", "3 layers", "3") is None
+
+
+def test_paper_recipe_renders_one_resumable_experiment_process() -> None:
+    path = Path(__file__).resolve().parents[1] / "recipes" / "paper.py"
+    namespace: dict = {}
+    exec(compile(path.read_text(), str(path), "exec"), namespace)
+    app = namespace["paper"](
+        "--max-steps-per-epoch", "5", preset="split", dataset="criteo", data_dir="/d/criteo", out="/r/p",
+        models="fm,iarm", max_retries=2, mounts=["type=bind", "src=/d", "dst=/d", "readonly"], env={"A": "1"},
+    )
+    (role,) = app.roles
+    assert role.entrypoint == "python" and role.args[:2] == ["-m", "iarm_torchrec.experiments"]
+    words = role.args[2:]
+    assert words == ["--preset", "split", "--dataset", "criteo", "--data-dir", "/d/criteo", "--out", "/r/p",
+                     "--seeds", "0,1,2", "--models", "fm,iarm", "--test-ratio", "0.2", "--valid-ratio", "0.1",
+                     "--max-steps-per-epoch", "5"]
+    assert role.max_retries == 2 and role.env["A"] == "1"
+    assert [(m.src_path, m.dst_path, m.read_only) for m in role.mounts] == [("/d", "/d", True)]
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    args = parser.parse_args(words)
+    assert args.preset == ["split"] and args.models == ["fm", "iarm"] and args.seeds == [0, 1, 2]
