@@ -9,8 +9,10 @@ setup:
 test: setup
 	$(PY) -m pytest
 
+# 2 ranks under TorchX (-s local_cwd iarm.train, see .torchxconfig) on the synthetic default.
+# The ranks start torchrun from PATH, hence the venv first on PATH.
 run: setup
-	$(PY) -m iarm_torchrec.demo
+	PATH="$(CURDIR)/.venv/bin:$$PATH" torchx run
 
 clean:
 	rm -rf .venv runs

@@ -1,7 +1,25 @@
-"""IARM (user interest + multi-head attention CTR model) for TorchRec."""
+"""IARM (user interest + multi-head attention CTR model) for TorchRec.
 
-from iarm_torchrec.features import FeatureConfig, SparseFeature
-from iarm_torchrec.models.ctr_train import CTRTrain
-from iarm_torchrec.models.iarm import IARM, IARMConfig, IARMTrain
+The public names load on first use (PEP 562), so that light modules such as the data
+preprocessing workers can import ``iarm_torchrec.data`` without paying for torch and torchrec.
+"""
 
-__all__ = ["CTRTrain", "FeatureConfig", "IARM", "IARMConfig", "IARMTrain", "SparseFeature"]
+import importlib
+from typing import Any, Dict
+
+_EXPORTS: Dict[str, str] = {
+    "CTRTrain": "iarm_torchrec.models.ctr_train",
+    "FeatureConfig": "iarm_torchrec.features",
+    "IARM": "iarm_torchrec.models.iarm",
+    "IARMConfig": "iarm_torchrec.models.iarm",
+    "IARMTrain": "iarm_torchrec.models.iarm",
+    "SparseFeature": "iarm_torchrec.features",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'iarm_torchrec' has no attribute {name!r}")
+    return getattr(importlib.import_module(_EXPORTS[name]), name)

@@ -17,9 +17,10 @@ import json
 import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Union
+from typing import TYPE_CHECKING, Any, Dict, List, Union
 
-from iarm_torchrec.features import FeatureConfig, SparseFeature
+if TYPE_CHECKING:  # the model side's types; imported lazily so data workers skip torch
+    from iarm_torchrec.features import FeatureConfig
 
 SPEC_FILE = "spec.json"
 SPLITS = ("train", "valid", "test")
@@ -83,8 +84,10 @@ class FeatureSpec:
     def multi_hot_fields(self) -> List[str]:
         return [f.name for f in self.sparse if f.multi_hot]
 
-    def to_feature_config(self, embedding_dim: int) -> FeatureConfig:
+    def to_feature_config(self, embedding_dim: int) -> "FeatureConfig":
         """The model side's description of these fields."""
+        from iarm_torchrec.features import FeatureConfig, SparseFeature
+
         return FeatureConfig(
             sparse_features=[SparseFeature(f.name, f.vocab_size, f.multi_hot) for f in self.sparse],
             dense_feature_names=list(self.dense),
