@@ -49,7 +49,7 @@ def write_preprocessed(
         columns = {
             "labels.npy": (index % 2).astype(np.float32),
             "dense.npy": dense,
-            "sparse.npy": np.stack([rng.integers(0, v, n) for v in vocab], axis=1).astype(np.int32).reshape(n, len(vocab)),
+            "sparse.npy": np.stack([rng.integers(0, v, n) for v in vocab], axis=1).astype(np.int32).reshape(n, -1),
         }
         for name, v, m in multi_hot:
             lengths = rng.integers(0, m + 1, n).astype(np.int32)

@@ -38,6 +38,22 @@ PADDING_LABEL: float = -1.0
 """Label of the padding rows of ``drop_last=False`` loaders; drop ``labels == PADDING_LABEL``."""
 
 
+class _Location:
+    """Where some global rows lie among parts: per part holding any, the rows' positions in the
+    request and their row numbers inside the part (computed once, shared by all columns)."""
+
+    def __init__(self, starts: np.ndarray, index: np.ndarray) -> None:
+        part = np.searchsorted(starts, index, side="right") - 1
+        order = np.argsort(part.astype(np.uint16) if len(starts) <= 2**16 else part, kind="stable")  # radix sort
+        bounds = np.searchsorted(part[order], np.arange(len(starts)))
+        self.size = len(index)
+        self.pieces: List[Tuple[int, np.ndarray, np.ndarray]] = [
+            (p, order[lo:hi], index[order[lo:hi]] - starts[p])
+            for p, (lo, hi) in enumerate(zip(bounds[:-1], bounds[1:]))
+            if hi > lo
+        ]
+
+
 class _Column:
     """One logical array made of the memory-mapped arrays of several parts, gathered by global index."""
 
@@ -48,16 +64,20 @@ class _Column:
     def __len__(self) -> int:
         return int(self.starts[-1])
 
-    def take(self, index: np.ndarray) -> np.ndarray:
-        """Rows ``index`` (global, int64) of the concatenated parts, as one in-memory array."""
-        if len(self.parts) == 1:
-            return np.asarray(self.parts[0][index])
-        part = np.searchsorted(self.starts, index, side="right") - 1
+    def locate(self, index: np.ndarray) -> _Location:
+        return _Location(self.starts, index)
+
+    def take(self, index: np.ndarray, location: Optional[_Location] = None) -> np.ndarray:
+        """Rows ``index`` (global, int64) of the concatenated parts, as one in-memory array;
+        ``location``: ``locate(index)`` of a column with the same part sizes, to reuse."""
+        location = location or self.locate(index)
+        if len(location.pieces) == 1:  # all in one part: the local rows are in request order
+            p, _, local = location.pieces[0]
+            return self.parts[p][local]
         first = self.parts[0]
-        out = np.empty((len(index),) + first.shape[1:], dtype=first.dtype)
-        for p in np.unique(part):
-            mask = part == p
-            out[mask] = self.parts[p][index[mask] - self.starts[p]]
+        out = np.empty((location.size,) + first.shape[1:], dtype=first.dtype)
+        for p, positions, local in location.pieces:
+            out[positions] = self.parts[p][local]
         return out
 
 
@@ -71,9 +91,9 @@ class _MultiHotColumn:
         self.value_starts: np.ndarray = np.zeros(len(self.lengths) + 1, dtype=np.int64)
         np.cumsum(np.concatenate([np.asarray(p, dtype=np.int64) for p in lengths]), out=self.value_starts[1:])
 
-    def take(self, index: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
+    def take(self, index: np.ndarray, location: Optional[_Location] = None) -> Tuple[np.ndarray, np.ndarray]:
         """``(values, lengths)`` of samples ``index``: ``lengths`` int32 ``[B]``, ``values`` ``[sum(lengths)]``."""
-        lengths = self.lengths.take(index)
+        lengths = self.lengths.take(index, location)
         counts = lengths.astype(np.int64)
         ends = np.cumsum(counts)
         # value position j of the batch belongs to sample s: start[s] + (j - first position of s)
@@ -96,8 +116,7 @@ class ShardedSplit:
         >>> import tempfile
         >>> from iarm_torchrec.data.spec import SparseFieldSpec
         >>> d = Path(tempfile.mkdtemp()); part = d / "train" / "part-00000"; part.mkdir(parents=True)
-        >>> FeatureSpec("toy", [SparseFieldSpec("item", 5)], dense=["x"]).save(d)  # doctest: +ELLIPSIS
-        PosixPath(...)
+        >>> _ = FeatureSpec("toy", [SparseFieldSpec("item", 5)], dense=["x"]).save(d)
         >>> np.save(part / "labels.npy", np.array([0, 1, 1], np.float32))
         >>> np.save(part / "dense.npy", np.ones((3, 1), np.float32))
         >>> np.save(part / "sparse.npy", np.array([[0], [4], [2]], np.int32))
@@ -118,12 +137,12 @@ class ShardedSplit:
         labels, dense, sparse = [], [], []
         multi: Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]] = {f: ([], []) for f in self.spec.multi_hot_fields}
         for part in parts:
-            n = len(self._open(labels, part / "labels.npy", 1, None))
-            self._open(dense, part / "dense.npy", 2, n, len(self.spec.dense))
-            self._open(sparse, part / "sparse.npy", 2, n, len(self.spec.one_hot_fields))
+            n = len(self._open(labels, part / "labels.npy", None))
+            self._open(dense, part / "dense.npy", n, len(self.spec.dense))
+            self._open(sparse, part / "sparse.npy", n, len(self.spec.one_hot_fields))
             for name, (lengths, values) in multi.items():
-                lens = self._open(lengths, part / f"{name}.lengths.npy", 1, n)
-                vals = self._open(values, part / f"{name}.values.npy", 1, None)
+                lens = self._open(lengths, part / f"{name}.lengths.npy", n)
+                vals = self._open(values, part / f"{name}.values.npy", None)
                 nnz = int(np.asarray(lens, dtype=np.int64).sum())
                 if len(vals) != nnz:
                     raise ValueError(f"{part / (name + '.values.npy')}: {len(vals)} ids, but its lengths sum to {nnz}")
@@ -136,18 +155,28 @@ class ShardedSplit:
             raise ValueError(f"{split_dir}: {len(self.labels)} rows in its parts, spec.json says {expected}")
 
     @staticmethod
-    def _open(into: List[np.ndarray], path: Path, ndim: int, rows: Optional[int], cols: Optional[int] = None) -> np.ndarray:
+    def _open(into: List[np.ndarray], path: Path, rows: Optional[int], cols: Optional[int] = None) -> np.ndarray:
+        """Memory-map ``path`` into ``into``: ``rows`` long (any length if None), 1-d or ``cols`` wide."""
         if not path.is_file():
             raise FileNotFoundError(f"{path}: missing (see the layout in iarm_torchrec/data/spec.py)")
-        array = np.load(path, mmap_mode="r")
-        if array.ndim != ndim or (rows is not None and len(array) != rows) or (cols is not None and array.shape[1] != cols):
-            want = f"{ndim}-d" + (f", {rows} rows" if rows is not None else "") + (f", {cols} columns" if cols is not None else "")
+        array = np.asarray(np.load(path, mmap_mode="r"))  # a plain view of the map: faster indexing
+        want = (len(array) if rows is None else rows,) + (() if cols is None else (cols,))
+        if array.shape != want:
             raise ValueError(f"{path}: shape {array.shape}, expected {want}")
         into.append(array)
         return array
 
     def __len__(self) -> int:
         return len(self.labels)
+
+    def gather(
+        self, index: np.ndarray
+    ) -> Tuple[np.ndarray, np.ndarray, np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
+        """Samples ``index``: ``labels [B]``, ``dense B x N``, one-hot ids ``B x F1`` and, per
+        multi-hot field, ``(values, lengths)``; the parts are located once for all columns."""
+        where = self.labels.locate(index)
+        multi_hot = {name: column.take(index, where) for name, column in self.multi_hot.items()}
+        return self.labels.take(index, where), self.dense.take(index, where), self.sparse.take(index, where), multi_hot
 
 
 class ShardedBatchLoader(Iterable[Batch]):
@@ -175,8 +204,7 @@ class ShardedBatchLoader(Iterable[Batch]):
         >>> import tempfile
         >>> from iarm_torchrec.data.spec import SparseFieldSpec
         >>> d = Path(tempfile.mkdtemp()); part = d / "test" / "part-00000"; part.mkdir(parents=True)
-        >>> FeatureSpec("toy", [SparseFieldSpec("user", 9), SparseFieldSpec("tags", 5, True, 2)]).save(d)  # doctest: +ELLIPSIS
-        PosixPath(...)
+        >>> _ = FeatureSpec("toy", [SparseFieldSpec("user", 9), SparseFieldSpec("tags", 5, True, 2)]).save(d)
         >>> np.save(part / "labels.npy", np.array([0, 1, 1], np.float32))
         >>> np.save(part / "dense.npy", np.zeros((3, 0), np.float32))
         >>> np.save(part / "sparse.npy", np.array([[7], [8], [6]], np.int32))
@@ -315,10 +343,11 @@ class ShardedBatchLoader(Iterable[Batch]):
     def _batch(self, index: np.ndarray) -> Batch:
         padding = index < 0
         index = np.where(padding, max(index[0], 0), index)  # padding rows copy a real row
-        labels = self.data.labels.take(index).astype(np.float32, copy=True)
+        labels, dense, one_hot, multi_hot = self.data.gather(index)
+        labels = labels.astype(np.float32)  # a copy: padding is marked below
         labels[padding] = PADDING_LABEL
-        dense = self.data.dense.take(index).astype(np.float32, copy=False)
-        one_hot = self.data.sparse.take(index).T  # F1 x B
+        dense = dense.astype(np.float32, copy=False)
+        one_hot = one_hot.T  # F1 x B
         values: List[np.ndarray] = []
         lengths: List[np.ndarray] = []
         for key in self._keys:
@@ -326,9 +355,8 @@ class ShardedBatchLoader(Iterable[Batch]):
                 values.append(one_hot[self._one_hot_column[key]])
                 lengths.append(self._ones)
             else:
-                v, l = self.data.multi_hot[key].take(index)
-                values.append(v)
-                lengths.append(l)
+                values.append(multi_hot[key][0])
+                lengths.append(multi_hot[key][1])
         kjt = KeyedJaggedTensor(
             keys=self._keys,
             values=torch.from_numpy(np.concatenate(values).astype(np.int32, copy=False)),
