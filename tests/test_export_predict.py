@@ -1,0 +1,115 @@
+"""Export -> load -> predict reproduces the trained model's test scores, from the raw file."""
+
+import json
+import shutil
+from pathlib import Path
+from typing import List
+
+import numpy as np
+import pytest
+import torch
+
+from iarm_torchrec.cli import main as iarm
+from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
+from iarm_torchrec.data.synthetic import TSV_DIR
+from iarm_torchrec.models.iarm import IARM
+from iarm_torchrec.train.checkpoint import CheckpointError
+from iarm_torchrec.train.evaluate import binary_metrics
+from iarm_torchrec.train.export import FORMAT, export_run, load_exported
+from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE
+from iarm_torchrec.train.predict import predict
+from train_utils import checkpointed_run
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return checkpointed_run(tmp_path_factory.getbasetemp())
+
+
+@pytest.fixture(scope="module")
+def exported(run: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("export") / "iarm.pt"
+    assert iarm(["export", str(run), "--out", str(out)]) == 0
+    return out
+
+
+@pytest.fixture(scope="module")
+def data_dir(run: Path) -> Path:
+    return Path(json.loads((run / RUN_FILE).read_text())["data_dir"])
+
+
+def _test_rows(data_dir: Path) -> List[bytes]:
+    """The synthetic test split's raw rows: the last ones in generation order (time split)."""
+    spec = json.loads((data_dir / "spec.json").read_text())
+    lines = (data_dir / TSV_DIR / "train.txt").read_bytes().splitlines(keepends=True)
+    return lines[len(lines) - spec["rows"]["test"] :]
+
+
+def test_the_export_is_plain_data_with_every_table_whole(exported: Path, run: Path, data_dir: Path) -> None:
+    payload = torch.load(exported, weights_only=True)
+    assert payload["format"] == FORMAT
+    assert payload["checkpoint"] == json.loads((run / METRICS_FILE).read_text())["best_checkpoint"]
+    spec = payload["feature_spec"]
+    for field in spec["sparse"]:
+        table = payload["state_dict"][f"embedding_arch.embedding_bag_collection.embedding_bags.t_{field['name']}.weight"]
+        assert tuple(table.shape) == (field["vocab_size"], 8)
+    assert "spec.json" in payload["data_files"] and any(k.startswith("vocab/") for k in payload["data_files"])
+    assert not exported.with_name(exported.name + ".tmp").exists()
+
+
+def test_the_loaded_model_reproduces_the_test_metrics(exported: Path, run: Path, data_dir: Path) -> None:
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    model = load_exported(exported)
+    assert isinstance(model, IARM) and not model.training
+    logits, labels = [], []
+    with torch.no_grad():
+        for batch in ShardedBatchLoader(data_dir, "test", batch_size=1000, drop_last=False):
+            keep = batch.labels != PADDING_LABEL
+            logits.append(model(batch.dense_features, batch.sparse_features)[keep])
+            labels.append(batch.labels[keep])
+    result = binary_metrics(torch.cat(logits), torch.cat(labels))
+    assert result.rows == metrics["test_rows"]
+    assert result.auc == pytest.approx(metrics["test_auc"], abs=1e-5)
+    assert result.logloss == pytest.approx(metrics["test_logloss"], abs=1e-5)
+
+
+def test_predict_on_the_raw_test_file_gives_the_same_scores(exported: Path, run: Path, data_dir: Path, tmp_path: Path) -> None:
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    rows = _test_rows(data_dir)
+    labelled = tmp_path / "test.txt"
+    labelled.write_bytes(b"".join(rows))
+    unlabelled = tmp_path / "test-unlabelled.txt"
+    unlabelled.write_bytes(b"".join(r.split(b"\t", 1)[1] for r in rows))
+
+    scores = predict(exported, labelled, tmp_path / "scores.txt", batch_size=700, progress=False)
+    written = np.loadtxt(tmp_path / "scores.txt")
+    assert len(written) == len(rows) == metrics["test_rows"]
+    assert np.allclose(written, scores.numpy(), atol=1e-6)
+    labels = torch.tensor([float(r[:1]) for r in rows])
+    result = binary_metrics(torch.logit(scores.double()), labels)
+    assert result.auc == pytest.approx(metrics["test_auc"], abs=1e-5)
+    assert result.logloss == pytest.approx(metrics["test_logloss"], abs=1e-5)
+
+    assert iarm(["predict", "--model", str(exported), "--input", str(unlabelled), "--out", str(tmp_path / "u.txt"), "--unlabelled"]) == 0
+    assert np.array_equal(np.loadtxt(tmp_path / "u.txt"), written)
+
+
+def test_load_exported_rebuilds_a_subclass(exported: Path) -> None:
+    class Probe(IARM):
+        pass
+
+    model = load_exported(exported, model_class=Probe)
+    assert type(model) is Probe
+    reference = load_exported(exported)
+    for (name, a), (_, b) in zip(model.state_dict().items(), reference.state_dict().items()):
+        assert torch.equal(a, b), name
+
+
+def test_exporting_without_a_checkpoint_says_so(run: Path, tmp_path: Path) -> None:
+    bare = tmp_path / "bare"
+    shutil.copytree(run, bare, ignore=shutil.ignore_patterns(CHECKPOINT_DIR, METRICS_FILE))
+    with pytest.raises(CheckpointError, match="no complete checkpoint to export; train first"):
+        export_run(bare, tmp_path / "x.pt")
+    with pytest.raises(ValueError, match="not an iarm export"):
+        torch.save({"format": "other"}, tmp_path / "other.pt")
+        load_exported(tmp_path / "other.pt")
