@@ -1,6 +1,5 @@
 """Data: readers of the original formats, preprocessing to npy shards, the feature spec, loaders."""
 
-from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.spec import FeatureSpec, SparseFieldSpec
 
-__all__ = ["FeatureSpec", "PADDING_LABEL", "ShardedBatchLoader", "SparseFieldSpec"]
+__all__ = ["FeatureSpec", "SparseFieldSpec"]
