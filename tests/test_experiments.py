@@ -11,12 +11,15 @@ from typing import List
 
 import pytest
 
-from iarm_torchrec.experiments.command import add_arguments
+from iarm_torchrec.experiments.attention import ATTENTION_FILE
+from iarm_torchrec.experiments.command import add_arguments, run
 from iarm_torchrec.experiments.paper import paper_figure
 from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir
 from iarm_torchrec.experiments.report import render_report, render_table
 from iarm_torchrec.experiments.results import METRICS_FILE, load_metrics, summarize
+from iarm_torchrec.experiments.runner import ERROR_FILE, TIMING_FILE
 from iarm_torchrec.train.settings import TrainSettings
+from iarm_torchrec.train.trainer import train
 
 BASE = TrainSettings(dataset="synthetic", epochs=1, batch_size=256)
 
@@ -171,3 +174,52 @@ def test_paper_recipe_renders_one_resumable_experiment_process() -> None:
     add_arguments(parser)
     args = parser.parse_args(words)
     assert args.preset == ["split"] and args.models == ["fm", "iarm"] and args.seeds == [0, 1, 2]
+
+
+def _study_args(tmp_path: Path, *flags: str) -> argparse.Namespace:
+    config = tmp_path / "small.json"
+    config.write_text(json.dumps({"embedding_dim": 4, "num_layers": 1, "num_heads": 2, "head_dim": 4,
+                                  "interest_layers": [8], "device": "cpu"}))
+    parser = argparse.ArgumentParser()
+    add_arguments(parser)
+    return parser.parse_args([
+        "--dataset", "synthetic", "--synthetic-rows", "3000", "--cache-dir", str(tmp_path / "cache"),
+        "--out", str(tmp_path / "study"), "--seeds", "0", "--config", str(config), "--epochs", "1",
+        "--batch-size", "128", "--max-steps-per-epoch", "4", *flags,
+    ])
+
+
+def test_experiment_trains_once_resumes_reports_and_survives_a_failed_run(tmp_path: Path) -> None:
+    calls: List[TrainSettings] = []
+
+    def counting(settings: TrainSettings) -> dict:
+        calls.append(settings)
+        if settings.model == "dcn":
+            raise RuntimeError("boom")
+        return train(settings)
+
+    study = tmp_path / "study"
+    assert run(_study_args(tmp_path, "--preset", "attention"), counting) == 0
+    assert [(s.model, s.resume) for s in calls] == [("iarm", "latest")]  # a cut-off run would continue
+    (iarm_dir,) = [Path(s.out) for s in calls]
+    metrics = load_metrics(iarm_dir)
+    assert metrics is not None and 0 < metrics["test_auc"] < 1 and (iarm_dir / TIMING_FILE).is_file()
+    assert (iarm_dir / ATTENTION_FILE).is_file()
+    report = (study / "report.md").read_text()
+    assert "## Fig. 5: average attention between fields (IARM) — synthetic" in report
+    assert "| Rank | Field pair | Mean attention |" in report
+    for name in ["synthetic-attention-layer1.png", "synthetic-attention-mean.png"]:
+        assert (study / "plots" / name).stat().st_size > 1000
+        assert f"(plots/{name})" in report
+    stamp = (iarm_dir / METRICS_FILE).stat().st_mtime_ns
+
+    # repeated, with a second study sharing the IARM run and a model whose training fails
+    assert run(_study_args(tmp_path, "--preset", "table2,attention", "--models", "dcn,iarm"), counting) == 1
+    assert [s.model for s in calls] == ["iarm", "dcn"]
+    assert (iarm_dir / METRICS_FILE).stat().st_mtime_ns == stamp
+    dcn_dir = Path(calls[1].out)
+    assert (dcn_dir / ERROR_FILE).read_text() == "RuntimeError: boom\n" and load_metrics(dcn_dir) is None
+    table2 = _table_rows((study / "table2.md").read_text())
+    assert [row[0] for row in table2[1:]] == ["IARM"]
+    assert table2[1][1] == f"{metrics['test_auc']:.4f}"
+    assert (study / "report.md").read_text().index("## Table 2") < (study / "report.md").read_text().index("## Fig. 5")
