@@ -124,7 +124,7 @@ COMMANDS: Dict[str, Command] = {
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="iarm", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog="iarm", description="IARM and baseline CTR models on TorchRec.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)

@@ -7,9 +7,12 @@ gathered metrics) runs unchanged on a laptop.
 
 Example::
 
-    >>> env = DistEnv.from_environment(device="cpu")  # doctest: +SKIP
-    >>> env.rank, env.world_size, env.device.type     # doctest: +SKIP
+    >>> env = DistEnv.from_environment(device="cpu")
+    >>> env.rank, env.world_size, env.device.type
     (0, 1, 'cpu')
+    >>> env.gather_all(torch.tensor([1.0, 2.0])).tolist()
+    [1.0, 2.0]
+    >>> env.close()
 """
 
 import os
@@ -60,13 +63,18 @@ class DistEnv:
         else:
             torch_device = torch.device("cpu")
         if not dist.is_initialized():
-            if "MASTER_ADDR" not in os.environ:
-                if world_size != 1:
-                    raise RuntimeError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun")
-                os.environ["MASTER_ADDR"] = "127.0.0.1"
-                os.environ["MASTER_PORT"] = str(_free_port())
+            if "MASTER_ADDR" in os.environ:
+                init_method = "env://"
+            elif world_size == 1:
+                init_method = f"tcp://127.0.0.1:{_free_port()}"  # alone: a private local group
+            else:
+                raise RuntimeError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun")
             dist.init_process_group(
-                backend="nccl" if use_cuda else "gloo", rank=rank, world_size=world_size, timeout=_TIMEOUT
+                backend="nccl" if use_cuda else "gloo",
+                init_method=init_method,
+                rank=rank,
+                world_size=world_size,
+                timeout=_TIMEOUT,
             )
         return cls(rank, dist.get_world_size(), local_rank, local_world_size, torch_device)
 

@@ -37,7 +37,7 @@ class TrainSettings:
         dataset: ``synthetic`` (generated, with a known Bayes-optimal AUC), ``criteo``,
             ``avazu`` or ``movielens-1m``.
         data_dir: the raw source (file or folder); for ``synthetic``, where it is generated.
-        cache_dir: where preprocessed data is cached (default ``<data_dir>/.iarm-cache``).
+        cache_dir: where preprocessed data is cached (default: :attr:`cache_root`).
         out: the run folder (settings, checkpoints, metrics, TensorBoard logs).
         model: a registered model name (:mod:`iarm_torchrec.models.registry`).
         embedding_dim / num_layers / num_heads / head_dim / interest_layers /
@@ -122,10 +122,17 @@ class TrainSettings:
 
     @property
     def cache_root(self) -> Path:
-        """Where preprocessed datasets are cached."""
+        """Where preprocessed datasets are cached: ``cache_dir``, else ``.iarm-cache`` beside
+        the raw data (the folder of a raw file), else, when that is read-only,
+        ``$XDG_CACHE_HOME/iarm_torchrec`` (``~/.cache/iarm_torchrec``)."""
         if self.cache_dir:
             return Path(self.cache_dir)
-        return Path(self.data_dir or Path(self.out).parent / "data") / ".iarm-cache"
+        base = Path(self.data_dir) if self.data_dir else Path(self.out).parent / "data"
+        if base.is_file():
+            base = base.parent
+        if base.exists() and not os.access(base, os.W_OK):
+            return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iarm_torchrec"
+        return base / ".iarm-cache"
 
     def model_settings(self) -> Dict[str, Any]:
         """Model keyword settings under the registry's names (each model takes those it knows)."""
@@ -203,7 +210,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
     g.add_argument("--data-dir", help="raw data file or folder; for synthetic, where it is generated")
-    g.add_argument("--cache-dir", help="preprocessed-data cache (default <data-dir>/.iarm-cache)")
+    g.add_argument("--cache-dir", help="preprocessed-data cache (default <data-dir>/.iarm-cache, or ~/.cache/iarm_torchrec when that is read-only)")
     g.add_argument("--field-set", help="movielens-1m: paper (all fields) or ids (user and movie ids only)")
     g.add_argument("--min-count", type=int, help="categories seen fewer times share one out-of-vocabulary id")
     g.add_argument("--test-ratio", type=float, help="share of rows held out for testing")

@@ -28,7 +28,7 @@ import os
 import shutil
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, List, Optional
+from typing import Any, Dict, Iterator, Optional
 
 import torch
 import torch.distributed as dist
@@ -39,7 +39,7 @@ from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import MODEL_CONFIGS, make_config, model_config_dict
-from iarm_torchrec.train.checkpoint import CheckpointManager, Progress, checkpoint_name
+from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager, Progress, checkpoint_name
 from iarm_torchrec.train.dataset import GlobalBatchLoader, ground_truth_file, prepare_data
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
@@ -117,6 +117,9 @@ class Trainer:
             return Progress()
         path = self.checkpoints.latest() if choice == "latest" else Path(choice)
         if path is None:
+            damaged = self.checkpoints.complete()
+            if damaged:
+                raise CheckpointError(f"every checkpoint in {self.checkpoints.root} is damaged ({damaged[-1].name} ...)")
             logger.info("no checkpoint in %s yet: starting afresh", self.checkpoints.root)
             return Progress()
         progress = self.checkpoints.load(path, self.model, self.optimizer)
