@@ -165,8 +165,9 @@ def provenance(base: TrainSettings, seeds: Sequence[int], runs: Sequence[RunSpec
         "selection": "each run keeps its epoch of best validation AUC; the test split is only reported",
         "versions": versions(),
         "machine": machine(),
-        "training time": f"{sum(seconds) / 60:.1f} min for {len(seconds)} runs trained here"
-                         + (f" ({sum(seconds) / len(seconds):.0f} s each)" if seconds else ""),
+        "training time": f"{sum(seconds) / 60:.1f} min over the {len(seconds)} runs of this table"
+                         + (f" ({sum(seconds) / len(seconds):.0f} s each on average; runs shared with other "
+                            "tables are counted in each)" if seconds else ""),
     }
 
 
