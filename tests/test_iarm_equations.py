@@ -266,7 +266,7 @@ def test_eq8_score_is_unscaled_inner_product() -> None:
     model = make_model()
     layer = model.interacting_arch.layers[0]
     fields = model.embedding_arch(DENSE, make_kjt(SAMPLES))
-    q, k, _ = layer._query_key_value(fields)
+    q, k = (torch.stack(per_head, dim=1) for per_head in list(zip(*layer._heads(fields)))[:2])  # B x H x M x d'
     scaled = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(HEAD_DIM), dim=-1)
     assert not torch.allclose(layer.attention_weights(fields), scaled, atol=1e-3)
 
