@@ -9,6 +9,7 @@ an expensive run.
 
 import json
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -67,9 +68,16 @@ def train_run(
     log = out.with_name(out.name + ".log")
     out.parent.mkdir(parents=True, exist_ok=True)
     with log.open("w") as handle:
-        done = subprocess.run(command, stdout=handle, stderr=subprocess.STDOUT, env=env or run_env(), timeout=timeout)
-    if done.returncode != 0:
-        raise AssertionError(f"{' '.join(command)} failed ({done.returncode}):\n{log.read_text()[-6000:]}")
+        # a session of its own: a hung job is killed whole, launcher and ranks
+        process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=env or run_env(), start_new_session=True)
+        try:
+            returncode = process.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+            raise AssertionError(f"{' '.join(command)} hung for {timeout:.0f}s:\n{log.read_text()[-6000:]}") from None
+    if returncode != 0:
+        raise AssertionError(f"{' '.join(command)} failed ({returncode}):\n{log.read_text()[-6000:]}")
     return json.loads((out / "metrics.json").read_text())
 
 

@@ -64,14 +64,19 @@ class DistEnv:
             torch_device = torch.device("cpu")
         if not dist.is_initialized():
             if "MASTER_ADDR" in os.environ:
-                init_method = "env://"
+                url = "env://"
             elif world_size == 1:
-                init_method = f"tcp://127.0.0.1:{_free_port()}"  # alone: a private local group
+                url = f"tcp://127.0.0.1:{_free_port()}"  # alone: a private local group
             else:
                 raise RuntimeError(f"WORLD_SIZE={world_size} but MASTER_ADDR is not set: launch with torchrun")
+            store, rank, world_size = next(dist.rendezvous(url, rank=rank, world_size=world_size, timeout=_TIMEOUT))
+            # torchrun restarts failed workers against the same agent store, which still holds
+            # the dead workers' gloo addresses: a fresh key space per attempt keeps the
+            # restarted ranks from connecting to them
+            attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
             dist.init_process_group(
                 backend="nccl" if use_cuda else "gloo",
-                init_method=init_method,
+                store=dist.PrefixStore(f"iarm/attempt_{attempt}", store),
                 rank=rank,
                 world_size=world_size,
                 timeout=_TIMEOUT,
