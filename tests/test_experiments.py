@@ -208,6 +208,7 @@ def test_experiment_trains_once_resumes_reports_and_survives_a_failed_run(tmp_pa
     report = (study / "report.md").read_text()
     assert "## Fig. 5: average attention between fields (IARM) — synthetic" in report
     assert "| Rank | Field pair | Mean attention |" in report
+    assert f"- command: `iarm experiment --preset attention --dataset synthetic --cache-dir {tmp_path / 'cache'}" in report
     for name in ["synthetic-attention-layer1.png", "synthetic-attention-mean.png"]:
         assert (study / "plots" / name).stat().st_size > 1000
         assert f"(plots/{name})" in report

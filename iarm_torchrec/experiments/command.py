@@ -19,7 +19,6 @@ import os
 import platform
 import shlex
 import subprocess
-import sys
 import time
 from dataclasses import replace
 from importlib import metadata
@@ -110,7 +109,7 @@ def run(args: argparse.Namespace, train: Optional[TrainFn] = None) -> int:
     for outcome in failed:
         logger.error("failed: %s: %s", outcome.run_dir, outcome.error)
     for preset, runs in studies.items():
-        text = preset_report(preset, runs, base, args.seeds, out)
+        text = preset_report(preset, runs, args, base, out)
         (out / f"{preset}.md").write_text(text)
     report = "\n".join((out / f"{p}.md").read_text() for p in PRESETS if (out / f"{p}.md").is_file())
     (out / REPORT_FILE).write_text(f"# IARM experiments — {base.dataset}\n\n{report}")
@@ -118,7 +117,7 @@ def run(args: argparse.Namespace, train: Optional[TrainFn] = None) -> int:
     return 1 if failed else 0
 
 
-def preset_report(preset: str, runs: Sequence[RunSpec], base: TrainSettings, seeds: Sequence[int], out: Path) -> str:
+def preset_report(preset: str, runs: Sequence[RunSpec], args: argparse.Namespace, base: TrainSettings, out: Path) -> str:
     """One preset's Markdown section, with its plots drawn into ``out/plots``."""
     dataset = base.dataset
     plots: List[Tuple[str, str]] = []
@@ -130,7 +129,7 @@ def preset_report(preset: str, runs: Sequence[RunSpec], base: TrainSettings, see
     finished = [r for r in runs if load_metrics(r.run_dir) is not None]
     if preset == "attention" and finished:
         extra, plots = _attention_section(finished, out, dataset)
-    return render_report(preset, dataset, summaries, provenance(base, seeds, runs), plots, extra)
+    return render_report(preset, dataset, summaries, provenance(args, base, runs), plots, extra)
 
 
 def _attention_section(runs: Sequence[RunSpec], out: Path, dataset: str) -> Tuple[str, List[Tuple[str, str]]]:
@@ -151,16 +150,33 @@ def _attention_section(runs: Sequence[RunSpec], out: Path, dataset: str) -> Tupl
     return note + "\n\n" + render_attention_pairs(fields, ranked_pairs(pair_scores(maps))), plots
 
 
-def provenance(base: TrainSettings, seeds: Sequence[int], runs: Sequence[RunSpec]) -> Dict[str, str]:
+def command_line(args: argparse.Namespace) -> str:
+    """The ``iarm experiment`` command that repeats ``args`` (the flags that were given).
+
+    Example::
+
+        >>> command_line(argparse.Namespace(preset=["table2", "layers"], out="o", seeds=[0, 1], models=None, epochs=1))
+        'iarm experiment --preset table2,layers --out o --seeds 0,1 --epochs 1'
+    """
+    words = ["iarm", "experiment"]
+    for name, value in vars(args).items():
+        if value is None or name in ("command", "run"):  # set by the `iarm` parser
+            continue
+        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        words += [f"--{name.replace('_', '-')}", text]
+    return shlex.join(words)
+
+
+def provenance(args: argparse.Namespace, base: TrainSettings, runs: Sequence[RunSpec]) -> Dict[str, str]:
     """How the numbers were made: command, data, seeds, budget, versions, machine, time."""
     budget = ", ".join(f"{k}={getattr(base, k)}" for k in _BUDGET)
     seconds = [s for s in (run_seconds(r.run_dir) for r in runs) if s is not None]
     data = f"{base.dataset} ({base.data_dir or 'generated'}"
     data += "".join(f", {k}={v}" for k, v in base.preprocess_options().items()) + ")"
     return {
-        "command": f"`iarm experiment {shlex.join(sys.argv[2:] if sys.argv[1:2] == ['experiment'] else sys.argv[1:])}`",
+        "command": f"`{command_line(args)}`",
         "data": data,
-        "seeds": ",".join(map(str, seeds)) + ("" if len(seeds) >= MIN_SEEDS else f" (fewer than {MIN_SEEDS})"),
+        "seeds": ",".join(map(str, args.seeds)) + ("" if len(args.seeds) >= MIN_SEEDS else f" (fewer than {MIN_SEEDS})"),
         "budget": budget + f", dense optimizer {base.dense_optimizer}",
         "selection": "each run keeps its epoch of best validation AUC; the test split is only reported",
         "versions": versions(),
