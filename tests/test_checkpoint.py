@@ -86,3 +86,10 @@ def test_resume_skips_a_damaged_latest_checkpoint_and_ends_the_same(run: Path, c
     for a, b in zip(resumed["epochs"], original["epochs"]):
         for key in ("train_loss", "valid_auc", "valid_logloss", "step"):
             assert a[key] == pytest.approx(b[key], abs=1e-6), (a["epoch"], key)
+
+
+def test_a_fresh_start_refuses_a_folder_with_checkpoints(run: Path, copy: Path) -> None:
+    (copy / METRICS_FILE).unlink()
+    with pytest.raises(AssertionError) as error:
+        train_run(run.parent.parent / "train-data", copy)
+    assert "already holds checkpoints of a run: pass --resume to continue it" in str(error.value)

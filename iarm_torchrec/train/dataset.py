@@ -3,7 +3,8 @@
 The cache folder's name carries a hash of what the data depends on (dataset, source,
 preprocessing options), so a rerun with the same settings skips preprocessing and a change
 of options makes a new folder. Rank 0 preprocesses into a temporary folder and renames it
-when complete; the other ranks wait at a barrier, so nobody reads half-written data.
+when complete; the other ranks wait for the folder (on storage all ranks share), so nobody
+reads half-written data.
 """
 
 import hashlib
@@ -11,6 +12,7 @@ import json
 import logging
 import os
 import shutil
+import time
 from pathlib import Path
 from typing import Any, Dict, Optional
 
@@ -25,6 +27,7 @@ from iarm_torchrec.train.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
+_POLL_S = 2.0
 SYNTHETIC_SEED = 0
 """The synthetic dataset's own seed: runs with different ``--seed`` see the same data."""
 
@@ -49,11 +52,19 @@ def prepare_data(settings: TrainSettings, env: DistEnv) -> Path:
     """The preprocessed folder (holding ``spec.json``) of ``settings``' dataset, made by rank 0
     when it is not cached yet."""
     target = cache_dir(settings)
-    if env.is_main and not (target / SPEC_FILE).is_file():
-        _build(settings, target)
+    if env.is_main:
+        if not (target / SPEC_FILE).is_file():
+            _build(settings, target)
+    else:
+        # preprocessing a large dataset outlasts a collective's timeout: wait on the folder
+        # (if rank 0 fails, the launcher stops this rank)
+        waited = 0.0
+        while not (target / SPEC_FILE).is_file():
+            time.sleep(_POLL_S)
+            waited += _POLL_S
+            if waited % 300 < _POLL_S:
+                logger.warning("rank %d: still waiting for rank 0 to preprocess into %s", env.rank, target)
     env.barrier()
-    if not (target / SPEC_FILE).is_file():
-        raise FileNotFoundError(f"{target}: rank 0 did not produce the preprocessed data (is the folder shared?)")
     return target
 
 

@@ -114,6 +114,11 @@ class Trainer:
         """The progress to start from: a fresh one, or the checkpoint ``settings.resume`` names."""
         choice = self.settings.resume
         if not choice:
+            if self.checkpoints.complete():
+                raise ValueError(
+                    f"{self.run_dir} already holds checkpoints of a run: pass --resume to continue it, "
+                    "or give another --out"
+                )
             return Progress()
         path = self.checkpoints.latest() if choice == "latest" else Path(choice)
         if path is None:
