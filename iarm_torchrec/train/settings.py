@@ -211,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
     g.add_argument("--data-dir", help="raw data file or folder; for synthetic, where it is generated")
     g.add_argument("--cache-dir", help="preprocessed-data cache (default <data-dir>/.iarm-cache, or ~/.cache/iarm_torchrec when that is read-only)")
-    g.add_argument("--field-set", help="movielens-1m: paper (all fields) or ids (user and movie ids only)")
+    g.add_argument("--field-set", help="movielens-1m: paper (AutoInt's 7 fields, the default) or ids (user_id and movie_id added to the profile and genres)")
     g.add_argument("--min-count", type=int, help="categories seen fewer times share one out-of-vocabulary id")
     g.add_argument("--test-ratio", type=float, help="share of rows held out for testing")
     g.add_argument("--valid-ratio", type=float, help="share of rows held out for validation")
