@@ -14,5 +14,11 @@ test: setup
 run: setup
 	PATH="$(CURDIR)/.venv/bin:$$PATH" torchx run
 
+# Training throughput next to DeepCTR-Torch and FuxiCTR (benchmarks/train_bench.py, ~40 min on 2 cores);
+# results in benchmarks/results/train.{json,md}. The peers come with the bench extra (torch stays pinned).
+bench: setup
+	.venv/bin/pip install -q -e '.[bench]'
+	$(PY) benchmarks/train_bench.py --seeds 0,1,2 --ranks 1,2 --loader --predict
+
 clean:
 	rm -rf .venv runs

@@ -1,0 +1,132 @@
+"""What every benchmark runner shares: step clocks, windowed rates, peak memory, AUC, the machine.
+
+Each runner (ours in :mod:`_ours`, the peers in :mod:`_peers`) trains one epoch in its own
+process and records the time at the end of every optimizer step with a :class:`StepClock`;
+:func:`window_rates` turns those into samples/s per window after a warm-up, so a noisy
+neighbour on a shared machine shows up as one slow window instead of skewing the result.
+"""
+
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from importlib import metadata
+from typing import Any, Dict, List, Optional
+
+import numpy as np
+import torch
+from torchmetrics.functional.classification import binary_auroc
+
+
+@dataclass
+class StepClock:
+    """``tick()`` after each optimizer step: ``times[i]`` is when step ``i`` ended
+    (``perf_counter``), ``cpu[i]`` the calling thread's CPU time then (``thread_time``)."""
+
+    start: float = field(default_factory=time.perf_counter)
+    times: List[float] = field(default_factory=list)
+    cpu: List[float] = field(default_factory=list)
+
+    def tick(self) -> None:
+        self.times.append(time.perf_counter())
+        self.cpu.append(time.thread_time())
+
+
+def window_rates(
+    times: List[float], batch_size: int, warmup: int, windows: int = 8, cpu: Optional[List[float]] = None
+) -> Dict[str, Any]:
+    """Samples/s of ``windows`` equal windows of the steps after ``warmup``, their median, and
+    the whole timed span's rate; with ``cpu`` (thread CPU times at the same ticks) also the
+    median main-thread CPU ms per step, which a busy neighbour barely moves when the runner
+    uses one thread.
+
+    Example::
+
+        >>> r = window_rates([0.0, 1.0, 2.0, 3.0, 4.0, 5.0], batch_size=10, warmup=1, windows=2)
+        >>> r["median_samples_per_s"], r["steps_timed"]
+        (10.0, 4)
+    """
+    if len(times) <= warmup + 1:
+        raise ValueError(f"{len(times)} steps leave nothing to time after {warmup} warm-up steps: lower --warmup")
+    timed = times[warmup:]
+    steps = len(timed) - 1
+    per_window = max(1, steps // windows)
+    starts = range(0, steps - per_window + 1, per_window)
+    rates = [per_window * batch_size / (timed[i + per_window] - timed[i]) for i in starts]
+    out: Dict[str, Any] = {
+        "median_samples_per_s": statistics.median(rates),
+        "window_samples_per_s": rates,
+        "span_samples_per_s": steps * batch_size / (timed[-1] - timed[0]),
+        "steps": len(times),
+        "steps_timed": steps,
+        "warmup_steps": warmup,
+    }
+    if cpu is not None:
+        used = cpu[warmup:]
+        out["main_thread_cpu_ms_per_step"] = statistics.median(
+            (used[i + per_window] - used[i]) * 1000 / per_window for i in starts
+        )
+    return out
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident set size so far, MiB (Linux reports KiB)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def auc(probabilities: Any, labels: Any) -> float:
+    """ROC AUC by the same function (torchmetrics) for every framework."""
+    p = torch.as_tensor(np.asarray(probabilities, dtype=np.float64).reshape(-1))
+    y = torch.as_tensor(np.asarray(labels).reshape(-1)).long()
+    return float(binary_auroc(p, y))
+
+
+def _version(package: str) -> Optional[str]:
+    try:
+        return metadata.version(package)
+    except metadata.PackageNotFoundError:
+        return None
+
+
+def machine() -> Dict[str, Any]:
+    """CPU model, cores, memory, load and the versions that matter for the figures."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = None
+    if torch.cuda.is_available():
+        gpu = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
+    try:
+        mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    except (ValueError, OSError):
+        mem_gib = None
+    return {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "memory_gib": round(mem_gib, 1) if mem_gib else None,
+        "gpu": gpu,
+        "load_average": [round(x, 2) for x in os.getloadavg()],
+        "python": sys.version.split()[0],
+        "versions": {
+            name: _version(name)
+            for name in ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "deepctr-torch", "fuxictr")
+        },
+        "git_commit": _git_commit(),
+    }
+
+
+def _git_commit() -> Optional[str]:
+    try:
+        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
