@@ -11,6 +11,7 @@ from typing import List
 
 import pytest
 
+from iarm_torchrec.cli import build_parser
 from iarm_torchrec.experiments.attention import ATTENTION_FILE
 from iarm_torchrec.experiments.command import add_arguments, run
 from iarm_torchrec.experiments.paper import paper_figure
@@ -180,10 +181,8 @@ def _study_args(tmp_path: Path, *flags: str) -> argparse.Namespace:
     config = tmp_path / "small.json"
     config.write_text(json.dumps({"embedding_dim": 4, "num_layers": 1, "num_heads": 2, "head_dim": 4,
                                   "interest_layers": [8], "device": "cpu"}))
-    parser = argparse.ArgumentParser()
-    add_arguments(parser)
-    return parser.parse_args([
-        "--dataset", "synthetic", "--synthetic-rows", "3000", "--cache-dir", str(tmp_path / "cache"),
+    return build_parser().parse_args([  # through the `iarm` command's parser
+        "experiment", "--dataset", "synthetic", "--synthetic-rows", "3000", "--cache-dir", str(tmp_path / "cache"),
         "--out", str(tmp_path / "study"), "--seeds", "0", "--config", str(config), "--epochs", "1",
         "--batch-size", "128", "--max-steps-per-epoch", "4", *flags,
     ])
@@ -209,6 +208,7 @@ def test_experiment_trains_once_resumes_reports_and_survives_a_failed_run(tmp_pa
     assert "## Fig. 5: average attention between fields (IARM) — synthetic" in report
     assert "| Rank | Field pair | Mean attention |" in report
     assert f"- command: `iarm experiment --preset attention --dataset synthetic --cache-dir {tmp_path / 'cache'}" in report
+    assert "function" not in report
     for name in ["synthetic-attention-layer1.png", "synthetic-attention-mean.png"]:
         assert (study / "plots" / name).stat().st_size > 1000
         assert f"(plots/{name})" in report

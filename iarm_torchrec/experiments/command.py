@@ -160,7 +160,7 @@ def command_line(args: argparse.Namespace) -> str:
     """
     words = ["iarm", "experiment"]
     for name, value in vars(args).items():
-        if value is None or name in ("command", "run"):  # set by the `iarm` parser
+        if value is None or name == "command" or callable(value):  # the `iarm` parser's own entries
             continue
         text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         words += [f"--{name.replace('_', '-')}", text]
