@@ -4,14 +4,20 @@
 * 1 and 2 ranks, same seed and global batch, end with the same metrics;
 * a rank killed mid-epoch under ``torchrun --max-restarts 1`` resumes from the last
   checkpoint and ends with the uninterrupted run's metrics;
-* sparse Adam on CPU (not fusable there) trains through its dense-kernel fallback.
+* sparse Adam on CPU (not fusable there) trains through its dense-kernel fallback;
+* models with 1-wide first-order tables (FM family) train, those tables data-parallel.
 """
 
 from pathlib import Path
 from typing import Any, Dict
 
 import pytest
+import torch
 
+from iarm_torchrec.features import FeatureConfig, SparseFeature
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.registry import make_config
+from iarm_torchrec.train.sharding import sharding_constraints
 from train_utils import run_env, train_run
 
 pytestmark = pytest.mark.slow
@@ -80,3 +86,18 @@ def test_sparse_adam_on_cpu_falls_back_to_the_dense_kernel(base: Path, data_dir:
     m = train_run(data_dir, out, extra=["--sparse-optimizer", "adam", "--sparse-lr", "0.01", "--epochs", "1"])
     assert "cannot fuse adam" in out.with_name(out.name + ".log").read_text()
     assert m["test_auc"] > 0.65
+
+
+def test_first_order_tables_train_data_parallel_beside_fused_tables(base: Path, data_dir: Path) -> None:
+    """DeepFM's 1-wide first-order tables cannot go on FBGEMM's kernels (width not a multiple
+    of 4): they are planned data-parallel on the dense kernel and stepped by the dense optimizer,
+    while its D-wide tables stay sharded and fused, over 2 ranks."""
+    features = FeatureConfig([SparseFeature("a", 10), SparseFeature("g", 5, multi_hot=True)], embedding_dim=8)
+    model = CTRTrain(make_config("deepfm", features, deep_layer_sizes=[8]).build(torch.device("meta")))
+    constraints = sharding_constraints(model, fused=True)
+    assert constraints["t_a_linear"].sharding_types == ["data_parallel"]
+    assert constraints["t_a_linear"].compute_kernels == ["dense"]
+    assert "data_parallel" not in constraints["t_a"].sharding_types
+    assert "row_wise" not in constraints["t_g"].sharding_types  # MEAN-pooled
+    m = train_run(data_dir, base / "runs" / "deepfm", world_size=2, extra=["--model", "deepfm", "--epochs", "1"])
+    assert m["test_auc"] > 0.6

@@ -57,6 +57,8 @@ DENSE_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
     "sgd": torch.optim.SGD,
 }
 CPU_FUSED_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
+# FBGEMM's table-batched kernels take tables whose width is a multiple of 4 columns only.
+FBGEMM_COLUMN_MULTIPLE = 4
 _ROW_SPLITTING = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value, ShardingType.GRID_SHARD.value}
 
 
@@ -71,20 +73,24 @@ def embedding_bag_collections(model: nn.Module) -> List[Tuple[str, EmbeddingBagC
 
 def sharding_constraints(model: nn.Module, fused: bool) -> Dict[str, ParameterConstraints]:
     """Per table: every sharding type but data-parallel, and none that splits rows of a
-    ``MEAN``-pooled table; when the optimizer cannot be fused, data-parallel with the dense
-    compute kernel (TorchRec offers that kernel for data-parallel tables only)."""
+    ``MEAN``-pooled table. Two cases go data-parallel on the dense compute kernel (TorchRec
+    offers that kernel for data-parallel tables only), where a non-fused optimizer steps them:
+    every table when the sparse optimizer cannot be fused, and tables whose width FBGEMM's
+    kernels cannot take (``embedding_dim`` not a multiple of 4: the 1-wide first-order weight
+    tables of FM, Wide&Deep, DeepFM, AFM and NFM)."""
     constraints: Dict[str, ParameterConstraints] = {}
     for _, ebc in embedding_bag_collections(model):
         for config in ebc.embedding_bag_configs():
+            if not fused or config.embedding_dim % FBGEMM_COLUMN_MULTIPLE:
+                constraints[config.name] = ParameterConstraints(
+                    sharding_types=[ShardingType.DATA_PARALLEL.value],
+                    compute_kernels=[EmbeddingComputeKernel.DENSE.value],
+                )
+                continue
             types = [t.value for t in ShardingType if t != ShardingType.DATA_PARALLEL]
-            if not fused:
-                types = [ShardingType.DATA_PARALLEL.value]
-            elif config.pooling == PoolingType.MEAN:
+            if config.pooling == PoolingType.MEAN:
                 types = [t for t in types if t not in _ROW_SPLITTING]
-            constraints[config.name] = ParameterConstraints(
-                sharding_types=types,
-                compute_kernels=None if fused else [EmbeddingComputeKernel.DENSE.value],
-            )
+            constraints[config.name] = ParameterConstraints(sharding_types=types)
     return constraints
 
 
@@ -108,7 +114,12 @@ def shard_model(
 ) -> ShardedModel:
     """Shard ``model`` (a ``*Train`` wrapper built on ``meta``) over the job in ``env``."""
     fused = sparse_optimizer_is_fused(sparse_optimizer, env.device)
-    tables: List[nn.Parameter] = [p for _, ebc in embedding_bag_collections(model) for p in ebc.parameters()]
+    tables: List[nn.Parameter] = [
+        ebc.embedding_bags[c.name].weight
+        for _, ebc in embedding_bag_collections(model)
+        for c in ebc.embedding_bag_configs()
+        if c.embedding_dim % FBGEMM_COLUMN_MULTIPLE == 0  # the rest go data-parallel, stepped densely
+    ]
     if fused:
         apply_optimizer_in_backward(SPARSE_OPTIMIZER_CLASSES[sparse_optimizer], tables, {"lr": sparse_lr})
     else:
