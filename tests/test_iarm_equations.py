@@ -25,7 +25,13 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from iarm_torchrec.models.iarm import IARM, IARMTrain
 from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
-from iarm_torchrec.modules.interacting import InteractingLayer
+from iarm_torchrec.modules.interacting import (
+    InteractingLayer,
+    head_views,
+    matmul_attention,
+    multi_head_attention,
+    sdpa_attention,
+)
 
 Sample = Dict[str, List[int]]  # field name -> the sample's values
 Vector = torch.Tensor
@@ -266,9 +272,18 @@ def test_eq8_score_is_unscaled_inner_product() -> None:
     model = make_model()
     layer = model.interacting_arch.layers[0]
     fields = model.embedding_arch(DENSE, make_kjt(SAMPLES))
-    q, k = (torch.stack(per_head, dim=1) for per_head in list(zip(*layer._heads(fields)))[:2])  # B x H x M x d'
+    views = head_views(layer.qkv(fields), layer.num_heads, layer.head_dim)
+    q, k = (torch.stack(per_head, dim=1) for per_head in list(zip(*views))[:2])  # B x H x M x d'
     scaled = torch.softmax(q @ k.transpose(-1, -2) / math.sqrt(HEAD_DIM), dim=-1)
     assert not torch.allclose(layer.attention_weights(fields), scaled, atol=1e-3)
+
+
+def test_sdpa_and_matmul_attention_compute_the_same_eq7_to_10() -> None:
+    """The CUDA path (SDPA, scale=1) and the CPU path (per-head bmm) are one function of the
+    projections; on CPU the dispatcher takes the matmul path, which the references above check."""
+    qkv = torch.randn(6, 7, 3 * H * HEAD_DIM, dtype=torch.float64)
+    torch.testing.assert_close(sdpa_attention(qkv, H, HEAD_DIM), matmul_attention(qkv, H, HEAD_DIM), atol=ATOL, rtol=0)
+    torch.testing.assert_close(multi_head_attention(qkv, H, HEAD_DIM), matmul_attention(qkv, H, HEAD_DIM))
 
 
 # --------------------------------------------------------------------------- Eq. 12-13

@@ -3,7 +3,50 @@
 from typing import List, Tuple
 
 import torch
+import torch.nn.functional as F
 from torch import nn
+
+
+def head_views(qkv: torch.Tensor, num_heads: int, head_dim: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``B x M x 3 H d'`` fused projections, columns ``[q_1..q_H, k_1..k_H, v_1..v_H]`` ->
+    per head its ``B x M x d'`` query, key and value (views, no copies)."""
+    chunks = qkv.split(head_dim, dim=-1)
+    return [(chunks[h], chunks[num_heads + h], chunks[2 * num_heads + h]) for h in range(num_heads)]
+
+
+def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
+    """``alpha`` of one head (Eq. 7-8): ``softmax_k <q_m, k_k>``, ``B x M x M``, rows sum to 1."""
+    return torch.softmax(torch.bmm(query, key.transpose(1, 2)), dim=-1)
+
+
+def matmul_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Eq. 7-10 as per-head ``bmm`` + softmax: ``B x M x 3 H d'`` -> ``B x M x H d'``."""
+    heads = [torch.bmm(attention_scores(q, k), v) for q, k, v in head_views(qkv, num_heads, head_dim)]
+    return torch.cat(heads, dim=-1)
+
+
+def sdpa_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Eq. 7-10 through ``scaled_dot_product_attention`` with ``scale=1`` (the paper's plain
+    inner product): ``B x M x 3 H d'`` -> ``B x M x H d'``."""
+    q, k, v = qkv.unflatten(-1, (3, num_heads, head_dim)).permute(2, 0, 3, 1, 4).unbind(0)  # B x H x M x d'
+    return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)
+
+
+@torch.fx.wrap
+def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Eq. 7-10 on the fused projections, ``B x M x 3 H d'`` -> ``B x M x H d'``: SDPA's fused
+    kernels on CUDA, :func:`matmul_attention` on CPU. A leaf for ``torch.fx`` (the device test
+    is not traced), so ``TrainPipelineSparseDist`` can trace the model.
+
+    Example::
+
+        >>> qkv = torch.rand(4, 5, 3 * 2 * 3)
+        >>> torch.allclose(multi_head_attention(qkv, 2, 3), sdpa_attention(qkv, 2, 3), atol=1e-6)
+        True
+    """
+    if qkv.is_cuda:
+        return sdpa_attention(qkv, num_heads, head_dim)
+    return matmul_attention(qkv, num_heads, head_dim)
 
 
 class InteractingLayer(nn.Module):
@@ -18,12 +61,12 @@ class InteractingLayer(nn.Module):
         e_m^Res         = ReLU(e~_m + W_Res e_m)                        (Eq. 11)
 
     The paper scores with the raw inner product, so there is no ``1/sqrt(d')`` scale.
-    Query, key and value projections of all heads are one fused ``Linear(d, 3 H d')``
-    whose output is split into per-head ``B x M x d'`` views (no copies); each head is then
-    two batched matmuls around a softmax. For the few fields and small heads of CTR models
-    (``M`` about 40, ``d'`` 8 to 32) this is markedly faster on CPU than
-    ``scaled_dot_product_attention``, whose flash kernel is tiled for long sequences and
-    needs head-major copies of ``q``, ``k``, ``v`` (see ``docs/performance.md``).
+    Query, key and value projections of all heads are one fused ``Linear(d, 3 H d')``; the
+    attention itself is :func:`multi_head_attention`, which takes the fastest exact kernel for
+    the device: ``torch.nn.functional.scaled_dot_product_attention`` (``scale=1``) on CUDA, and
+    on CPU two batched matmuls around a softmax per head on views of the projection, which for
+    CTR's few fields (``M`` about 40) and small heads is markedly faster there than SDPA's
+    kernels (see ``docs/performance.md``). Both compute the same Eq. 7-10.
 
     Ablations: ``use_attention=False`` gives IRM's layer ``ReLU(W_Res e_m)``;
     ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
@@ -74,19 +117,6 @@ class InteractingLayer(nn.Module):
             nn.Linear(in_dim, self.output_dim, bias=False) if use_residual else None
         )
 
-    def _heads(self, fields: torch.Tensor) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
-        """``B x M x d`` -> per head ``h``: its ``B x M x d'`` query, key and value (views)."""
-        assert self.qkv is not None
-        # columns of the fused projection: [q_1 .. q_H, k_1 .. k_H, v_1 .. v_H], d' each
-        chunks = self.qkv(fields).split(self.head_dim, dim=-1)
-        h = self.num_heads
-        return [(chunks[i], chunks[h + i], chunks[2 * h + i]) for i in range(h)]
-
-    @staticmethod
-    def _scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
-        """``alpha`` of one head (Eq. 7-8): ``B x M x M``, rows sum to 1."""
-        return torch.softmax(torch.bmm(query, key.transpose(1, 2)), dim=-1)
-
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """
         Args:
@@ -98,8 +128,7 @@ class InteractingLayer(nn.Module):
         if self.qkv is None:
             assert self.residual is not None
             return torch.relu(self.residual(fields))  # IRM: no Eq. 7-10
-        heads = [torch.bmm(self._scores(q, k), v) for q, k, v in self._heads(fields)]  # H x (B x M x d') (Eq. 7-9)
-        out = torch.cat(heads, dim=-1)  # B x M x H d' (Eq. 10)
+        out = multi_head_attention(self.qkv(fields), self.num_heads, self.head_dim)  # B x M x H d' (Eq. 7-10)
         if self.residual is not None:
             out = out + self.residual(fields)
         return torch.relu(out)
@@ -115,7 +144,8 @@ class InteractingLayer(nn.Module):
         """
         if self.qkv is None:
             raise ValueError("this layer was built with use_attention=False and has no attention weights")
-        return torch.stack([self._scores(q, k) for q, k, _ in self._heads(fields)], dim=1)
+        views = head_views(self.qkv(fields), self.num_heads, self.head_dim)
+        return torch.stack([attention_scores(q, k) for q, k, _ in views], dim=1)
 
 
 class InteractingArch(nn.Module):
