@@ -123,18 +123,23 @@ COMMANDS: Dict[str, Command] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
+def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
+    """The ``iarm`` parser; with ``only``, just that command gets its arguments, so a command
+    does not pay for importing the others' modules (``experiment`` alone takes seconds)."""
     parser = argparse.ArgumentParser(prog="iarm", description="IARM and baseline CTR models on TorchRec.")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
-        command.add_arguments(sub)
+        if only is None or only == name:
+            command.add_arguments(sub)
         sub.set_defaults(handler=command.run)
     return parser
 
 
 def main(argv: Optional[List[str]] = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else argv
+    chosen = next((a for a in argv if not a.startswith("-")), "")
+    args = build_parser(only=chosen).parse_args(argv)
     return args.handler(args)
 
 
