@@ -26,6 +26,7 @@ import json
 import logging
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, Iterator, Optional
@@ -152,6 +153,8 @@ class Trainer:
             unit="step",
             disable=not env.is_main,
             dynamic_ncols=True,
+            # in a log file (torchx, torchrun, nohup) every refresh is a line: refresh rarely there
+            mininterval=0.1 if sys.stderr.isatty() else 30.0,
         )
         local_loss = torch.zeros((), dtype=torch.float64, device=env.device)
         start, start_step = time.perf_counter(), progress.step
