@@ -39,4 +39,7 @@ import torch, fbgemm_gpu, torchrec  # noqa: F401
 import iarm_torchrec  # noqa: F401
 print(f"setup: torch {torch.__version__}, torchrec {torchrec.__version__ if hasattr(torchrec, '__version__') else 'ok'}")
 PY
+# 4. build the CPU attention kernel now (cached by torch) instead of in the first training step;
+#    without a C++ compiler this only warns and training uses ATen's slower path
+"$venv/bin/python" -c 'import logging; logging.basicConfig(level=logging.INFO, format="setup: %(message)s"); from iarm_torchrec.kernels.field_attention import load; load()'
 echo "$want" > "$stamp"

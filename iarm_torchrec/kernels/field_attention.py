@@ -1,0 +1,140 @@
+"""IARM's multi-head field attention (Eq. 7-10) as a compiled CPU kernel, built on first use.
+
+On CPU, attention over CTR's few fields (``M`` about 10-100) with small heads is slow in ATen:
+per sample the matrices are too small for GEMM libraries and a softmax over rows of ``M`` floats
+leaves vector lanes idle. ``field_attention.cpp`` instead puts one sample in each SIMD lane, so
+every step is a full-width vector operation (see ``docs/performance.md`` for the figures).
+
+The kernel is compiled by :func:`torch.utils.cpp_extension.load` the first time it is needed
+(about 30-60 s; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
+``~/.cache/torch_extensions``) for this machine's vector instructions (AVX-512, AVX2 or plain).
+When it cannot be built (no C++ compiler, say), one warning is logged and
+:func:`iarm_torchrec.modules.interacting.multi_head_attention` keeps using ATen's ``bmm`` and
+``softmax``. ``IARM_CPU_ATTENTION=aten`` in the environment skips the kernel altogether.
+
+Example::
+
+    >>> qkv = torch.randn(3, 5, 3 * 2 * 4)
+    >>> from iarm_torchrec.modules.interacting import matmul_attention
+    >>> not kernel_applies(qkv, 4) or torch.allclose(field_attention(qkv, 2, 4), matmul_attention(qkv, 2, 4), atol=1e-5)
+    True
+"""
+
+import logging
+import os
+import shutil
+import threading
+from pathlib import Path
+from typing import Any, Dict, Tuple
+
+import torch
+
+logger: logging.Logger = logging.getLogger(__name__)
+
+SOURCE: Path = Path(__file__).with_name("field_attention.cpp")
+SUPPORTED_HEAD_DIMS: Tuple[int, ...] = (4, 8, 16, 32, 64)
+BACKEND_ENV = "IARM_CPU_ATTENTION"
+BACKENDS = ("kernel", "aten")
+# compiler flags for torch's detected CPU capability; anything else builds for plain x86-64/ARM
+ARCH_FLAGS: Dict[str, Tuple[str, ...]] = {
+    "AVX512": ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"),
+    "AVX2": ("-mavx2", "-mfma"),
+}
+
+_lock = threading.Lock()
+_loaded: Dict[str, bool] = {}
+
+
+def backend() -> str:
+    """The CPU attention backend asked for by ``IARM_CPU_ATTENTION`` (default ``kernel``)."""
+    value = os.environ.get(BACKEND_ENV, "kernel").strip().lower() or "kernel"
+    if value not in BACKENDS:
+        raise ValueError(f"{BACKEND_ENV}={value!r}: use one of {BACKENDS}")
+    return value
+
+
+def load() -> bool:
+    """Builds (first call only) and loads the kernel into ``torch.ops.iarm``.
+
+    Returns:
+        True when ``torch.ops.iarm.field_attention_forward`` is usable; False, after one
+        logged warning, when the build failed.
+    """
+    with _lock:
+        if "ok" not in _loaded:
+            _loaded["ok"] = _build()
+        return _loaded["ok"]
+
+
+def _build() -> bool:
+    capability = torch.backends.cpu.get_cpu_capability()
+    name = f"iarm_field_attention_{capability.lower()}"
+    try:
+        from torch.utils.cpp_extension import load as load_extension
+
+        _put_ninja_on_path()
+        logger.info("loading IARM's CPU attention kernel %s (built once, about a minute, then cached)", name)
+        load_extension(
+            name=name,
+            sources=[str(SOURCE)],
+            extra_cflags=["-O3", *ARCH_FLAGS.get(capability, ())],
+            is_python_module=False,
+            verbose=False,
+        )
+    except Exception as error:  # any build or load failure leaves the ATen path, which is correct
+        logger.warning(
+            "IARM's CPU attention kernel could not be built (%s: %s); using ATen bmm + softmax, which is "
+            "slower. Install a C++ compiler and the `ninja` package, or set %s=aten to silence this.",
+            type(error).__name__,
+            str(error).strip().splitlines()[-1:] or "",
+            BACKEND_ENV,
+        )
+        return False
+    return True
+
+
+def _put_ninja_on_path() -> None:
+    """torch's extension builder runs ``ninja``; the ``ninja`` wheel may sit outside ``PATH``
+    (a virtual environment that is not activated)."""
+    if shutil.which("ninja") is None:
+        import ninja
+
+        os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
+
+
+def kernel_applies(qkv: torch.Tensor, head_dim: int) -> bool:
+    """Whether :func:`field_attention` serves this input: float32 on CPU, a supported head size,
+    the backend not set to ``aten``, and the kernel built."""
+    return (
+        qkv.device.type == "cpu"
+        and qkv.dtype == torch.float32
+        and head_dim in SUPPORTED_HEAD_DIMS
+        and backend() == "kernel"
+        and load()
+    )
+
+
+class _FieldAttention(torch.autograd.Function):
+    """Autograd for the kernel: the backward recomputes the attention probabilities from ``qkv``."""
+
+    @staticmethod
+    def forward(ctx: Any, qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+        out = torch.ops.iarm.field_attention_forward(qkv, num_heads, head_dim)
+        ctx.save_for_backward(qkv)
+        ctx.num_heads, ctx.head_dim = num_heads, head_dim
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[torch.Tensor, None, None]:
+        (qkv,) = ctx.saved_tensors
+        grad = torch.ops.iarm.field_attention_backward(grad_out, qkv, ctx.num_heads, ctx.head_dim)
+        return grad, None, None
+
+
+def field_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """Eq. 7-10 by the compiled kernel: ``B x M x 3 H d'`` fused projections (columns
+    ``[q_1..q_H, k_1..k_H, v_1..v_H]``) -> ``B x M x H d'``, the heads' ``sum_k alpha_{m,k} v_k``
+    side by side, with ``alpha = softmax_k <q_m, k_k>`` (plain inner product, no scale).
+    Call only where :func:`kernel_applies` is True."""
+    return _FieldAttention.apply(qkv, num_heads, head_dim)

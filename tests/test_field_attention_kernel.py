@@ -1,0 +1,140 @@
+"""The compiled CPU field-attention kernel (iarm_torchrec/kernels) against ATen and float64.
+
+The kernel computes Eq. 7-10 in float32 with samples in SIMD lanes and its own ``exp``; each
+check compares it with :func:`matmul_attention` run in float64 on the same numbers, and bounds
+its error by the error float32 ATen makes on the same input (so the kernel is never less exact
+than the path it replaces), plus a small absolute floor.
+"""
+
+import logging
+from typing import Tuple
+
+import pytest
+import torch
+
+from iarm_torchrec.kernels import field_attention as fa
+from iarm_torchrec.modules import interacting
+from iarm_torchrec.modules.interacting import InteractingLayer, matmul_attention, multi_head_attention
+
+
+@pytest.fixture(scope="module", autouse=True)
+def built_kernel() -> None:
+    assert fa.load(), "the field-attention kernel did not build: a C++ compiler and ninja are needed"
+
+
+def _forward_backward(fn, qkv: torch.Tensor, grad: torch.Tensor, heads: int, head_dim: int) -> Tuple[torch.Tensor, torch.Tensor]:
+    x = qkv.clone().requires_grad_()
+    out = fn(x, heads, head_dim)
+    out.backward(grad)
+    return out.detach(), x.grad
+
+
+@pytest.mark.parametrize(
+    "batch, fields, heads, head_dim",
+    [(1, 1, 1, 4), (15, 2, 1, 8), (16, 39, 2, 8), (17, 39, 2, 8), (100, 7, 3, 16), (33, 100, 2, 32), (5, 13, 1, 64)],
+)
+def test_matches_float64_reference(batch: int, fields: int, heads: int, head_dim: int) -> None:
+    torch.manual_seed(batch * 1000 + fields)
+    qkv = torch.randn(batch, fields, 3 * heads * head_dim, dtype=torch.float64) / head_dim**0.25
+    grad = torch.randn(batch, fields, heads * head_dim, dtype=torch.float64)
+    ref_out, ref_grad = _forward_backward(matmul_attention, qkv, grad, heads, head_dim)
+    aten_out, aten_grad = _forward_backward(matmul_attention, qkv.float(), grad.float(), heads, head_dim)
+    out, in_grad = _forward_backward(fa.field_attention, qkv.float(), grad.float(), heads, head_dim)
+
+    assert out.shape == (batch, fields, heads * head_dim) and in_grad.shape == qkv.shape
+    for mine, aten, ref in ((out, aten_out, ref_out), (in_grad, aten_grad, ref_grad)):
+        err = (mine.double() - ref).abs().max().item()
+        aten_err = (aten.double() - ref).abs().max().item()
+        assert err <= 4 * aten_err + 1e-6 * (1 + ref.abs().max().item()), (err, aten_err)
+
+
+def test_saturated_softmax_stays_finite_and_exact() -> None:
+    """Scores in the thousands: exp underflows for all but the winning field."""
+    torch.manual_seed(0)
+    qkv = torch.randn(40, 39, 3 * 2 * 8, dtype=torch.float64) * 20
+    grad = torch.randn(40, 39, 16, dtype=torch.float64)
+    ref_out, ref_grad = _forward_backward(matmul_attention, qkv, grad, 2, 8)
+    aten_out, aten_grad = _forward_backward(matmul_attention, qkv.float(), grad.float(), 2, 8)
+    out, in_grad = _forward_backward(fa.field_attention, qkv.float(), grad.float(), 2, 8)
+    assert torch.isfinite(out).all() and torch.isfinite(in_grad).all()
+    assert (out.double() - ref_out).abs().max() <= 4 * (aten_out.double() - ref_out).abs().max() + 1e-5
+    assert (in_grad.double() - ref_grad).abs().max() <= 4 * (aten_grad.double() - ref_grad).abs().max() + 1e-4
+
+
+def test_rows_are_a_convex_combination_of_values() -> None:
+    """Eq. 9: with every value vector equal to c, each output is c (the weights sum to 1)."""
+    qkv = torch.randn(20, 11, 3 * 2 * 4)
+    qkv[..., 16:] = 0.5
+    out = fa.field_attention(qkv, 2, 4)
+    assert torch.allclose(out, torch.full_like(out, 0.5), atol=1e-6)
+
+
+def test_multi_head_attention_dispatch(monkeypatch: pytest.MonkeyPatch) -> None:
+    calls = []
+
+    def spy(qkv: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+        calls.append((qkv.dtype, head_dim))
+        return fa.field_attention(qkv, heads, head_dim)
+
+    monkeypatch.setattr(interacting, "field_attention", spy)
+    x32 = torch.randn(4, 6, 3 * 2 * 8)
+    multi_head_attention(x32, 2, 8)
+    assert calls == [(torch.float32, 8)]
+    # float64, an unsupported head size, or IARM_CPU_ATTENTION=aten: the ATen path, bit for bit
+    x64 = x32.double()
+    assert torch.equal(multi_head_attention(x64, 2, 8), matmul_attention(x64, 2, 8))
+    x3 = torch.randn(4, 6, 3 * 2 * 3)
+    assert torch.equal(multi_head_attention(x3, 2, 3), matmul_attention(x3, 2, 3))
+    monkeypatch.setenv(fa.BACKEND_ENV, "aten")
+    assert torch.equal(multi_head_attention(x32, 2, 8), matmul_attention(x32, 2, 8))
+    assert len(calls) == 1
+
+
+def test_layer_with_kernel_equals_layer_with_aten(monkeypatch: pytest.MonkeyPatch) -> None:
+    torch.manual_seed(3)
+    layer = InteractingLayer(in_dim=16, num_heads=2, head_dim=8)
+    fields = torch.randn(64, 39, 16)
+
+    def run() -> Tuple[torch.Tensor, torch.Tensor]:
+        layer.zero_grad()
+        out = layer(fields)
+        out.square().sum().backward()
+        return out.detach(), layer.qkv.weight.grad.clone()
+
+    out_kernel, grad_kernel = run()
+    monkeypatch.setenv(fa.BACKEND_ENV, "aten")
+    out_aten, grad_aten = run()
+    assert torch.allclose(out_kernel, out_aten, atol=1e-5)
+    assert torch.allclose(grad_kernel, grad_aten, rtol=1e-4, atol=1e-4)
+
+
+def test_bad_backend_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv(fa.BACKEND_ENV, "fast")
+    with pytest.raises(ValueError, match="IARM_CPU_ATTENTION='fast': use one of"):
+        fa.backend()
+
+
+def test_bad_shapes_name_the_dimensions() -> None:
+    with pytest.raises(RuntimeError, match=r"last dimension 47 is not 3 \* heads \(2\) \* head_dim \(8\)"):
+        torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 47), 2, 8)
+    with pytest.raises(RuntimeError, match="head_dim must be one of 4, 8, 16, 32, 64, got 3"):
+        torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 18), 2, 3)
+    with pytest.raises(RuntimeError, match="float32 CPU tensor"):
+        torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 48, dtype=torch.float64), 2, 8)
+
+
+def test_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    import torch.utils.cpp_extension as cpp_extension
+
+    def broken(**kwargs: object) -> None:
+        raise RuntimeError("Error building extension 'iarm_field_attention': c++: not found")
+
+    monkeypatch.setattr(cpp_extension, "load", broken)
+    monkeypatch.setattr(fa, "_loaded", {})
+    with caplog.at_level(logging.WARNING, logger=fa.__name__):
+        assert not fa.kernel_applies(torch.randn(2, 3, 48), 8)
+        assert not fa.kernel_applies(torch.randn(2, 3, 48), 8)
+    warnings = [r.getMessage() for r in caplog.records if "could not be built" in r.getMessage()]
+    assert len(warnings) == 1 and "c++: not found" in warnings[0] and "IARM_CPU_ATTENTION=aten" in warnings[0]
+    x = torch.randn(2, 3, 48)
+    assert torch.equal(multi_head_attention(x, 2, 8), matmul_attention(x, 2, 8))
