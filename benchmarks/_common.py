@@ -121,7 +121,17 @@ def machine() -> Dict[str, Any]:
             for name in ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "deepctr-torch", "fuxictr")
         },
         "git_commit": _git_commit(),
+        "iarm_cpu_attention": _cpu_attention(),
     }
+
+
+def _cpu_attention() -> str:
+    """Which attention path our CPU runners take by default (the compiled kernel or ATen)."""
+    from iarm_torchrec.kernels import field_attention
+
+    if field_attention.backend() == "kernel" and field_attention.load():
+        return f"compiled kernel ({torch.backends.cpu.get_cpu_capability()})"
+    return "ATen bmm + softmax"
 
 
 def _git_commit() -> Optional[str]:

@@ -107,7 +107,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB" + (f", {m['gpu']}" if m.get("gpu") else "")
         + f"; load average at the end {m['load_average']}. Versions: torch {v['torch']}, torchrec {v['torchrec']}, "
         f"fbgemm {v.get('fbgemm-gpu-cpu') or v.get('fbgemm-gpu')}, DeepCTR-Torch {v.get('deepctr-torch') or '-'}, "
-        f"FuxiCTR {v.get('fuxictr') or '-'}; commit {m.get('git_commit')}.",
+        f"FuxiCTR {v.get('fuxictr') or '-'}; commit {m.get('git_commit')}. Our CPU attention: "
+        f"{m.get('iarm_cpu_attention', 'ATen bmm + softmax')}.",
         "",
         f"Data: synthetic Criteo ({report['data']['rows']}; {report['data']['sparse_fields']} categorical fields, "
         f"{report['data']['dense_fields']} numerical, {report['data']['vocab_total']:,} ids in all), one file for everyone. "

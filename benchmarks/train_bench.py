@@ -15,6 +15,8 @@ Runners:
   dense parameters with Adam; tables with FBGEMM's fused row-wise Adagrad (the default), or
   with Adam, which FBGEMM cannot fuse on CPU, so the tables then use the non-fused dense
   kernel and a ``torch.optim.Adam``;
+* ``iarm_rwadagrad_aten``: ``iarm_rwadagrad`` with ``IARM_CPU_ATTENTION=aten`` (per-head ``bmm`` +
+  ``softmax`` instead of the compiled CPU attention kernel), to show what the kernel buys;
 * ``deepctr_autoint``, ``deepctr_deepfm``, ``fuxictr_autoint``: the peers (``pip install -e
   '.[bench]'``), skipped with a note when not installed.
 
@@ -49,14 +51,17 @@ OURS = {
     "autoint_rwadagrad": ("autoint", "rowwise_adagrad"),
     "autoint_adam": ("autoint", "adam"),
     "deepfm_adam": ("deepfm", "adam"),
+    "iarm_rwadagrad_aten": ("iarm", "rowwise_adagrad"),
 }
+# runners of ours that attend with ATen's bmm + softmax instead of the compiled CPU kernel
+ATEN_ATTENTION = {"iarm_rwadagrad_aten"}
 PEERS = {
     "deepctr_autoint": "deepctr_torch",
     "deepctr_deepfm": "deepctr_torch",
     "fuxictr_autoint": "fuxictr",
 }
 DEFAULT_RUNNERS = [
-    "iarm_rwadagrad", "iarm_adam", "autoint_rwadagrad", "autoint_adam",
+    "iarm_rwadagrad", "iarm_rwadagrad_aten", "iarm_adam", "autoint_rwadagrad", "autoint_adam",
     "deepctr_autoint", "fuxictr_autoint", "deepctr_deepfm",
 ]
 
@@ -144,6 +149,8 @@ def launch(job: Dict[str, Any], ranks: int = 1, timeout: float = 3600) -> Dict[s
         job_file, result_file = Path(tmp) / "job.json", Path(tmp) / "result.json"
         job_file.write_text(json.dumps(job))
         env = runner_env(job["threads"], job["omp_wait_policy"])
+        if job.get("cpu_attention"):
+            env["IARM_CPU_ATTENTION"] = job["cpu_attention"]
         if ranks > 1:
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(ranks),
                        LOCAL_WORLD_SIZE=str(ranks))
@@ -180,7 +187,8 @@ def job_for(args: argparse.Namespace, runner: str, data_dir: Path, batch_size: i
     if runner in OURS:
         model, sparse = OURS[runner]
         job.update(model=model, runner=runner, sparse_optimizer=sparse,
-                   sparse_lr=args.lr if sparse == "adam" else args.rowwise_adagrad_lr)
+                   sparse_lr=args.lr if sparse == "adam" else args.rowwise_adagrad_lr,
+                   cpu_attention="aten" if runner in ATEN_ATTENTION else "kernel")
     return job
 
 
