@@ -28,14 +28,19 @@ typedef int32_t vi __attribute__((vector_size(LANES * sizeof(int32_t))));
 
 inline vf splat(float x) { return vf{} + x; }
 
-// exp(x) for x <= 0 (softmax after subtracting the row max): Cephes' expf polynomial after
-// x = n ln2 + r, |r| <= ln2 / 2; relative error ~1e-7.
+// exp(x) for x <= 0 (softmax after subtracting the row max): x = n ln2 + r with |r| <= ln2 / 2,
+// Cephes' expf polynomial for e^r, times 2^n; relative error ~1e-7. AVX-512 rounds and scales
+// in one instruction each.
 inline vf exp_nonpositive(vf x) {
   x = x < splat(-87.0f) ? splat(-87.0f) : x;
+#if defined(__AVX512F__)
+  const vf nf = (vf)_mm512_roundscale_ps((__m512)(x * splat(1.44269504088896341f)), _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC);
+#else
   const vf fx = x * splat(1.44269504088896341f) + splat(0.5f);
   const vi trunc = __builtin_convertvector(fx, vi);
   const vi n = trunc - (__builtin_convertvector(trunc, vf) > fx ? 1 : 0);  // floor(x / ln2 + 1/2)
   const vf nf = __builtin_convertvector(n, vf);
+#endif
   vf r = x - nf * splat(0.693359375f);
   r = r - nf * splat(-2.12194440e-4f);
   vf p = splat(1.9875691500E-4f);
@@ -45,10 +50,14 @@ inline vf exp_nonpositive(vf x) {
   p = p * r + splat(1.6666665459E-1f);
   p = p * r + splat(5.0000001201E-1f);
   p = p * r * r + r + splat(1.0f);
-  const vi bits = (n + 127) << 23;
+#if defined(__AVX512F__)
+  return (vf)_mm512_scalef_ps((__m512)p, (__m512)nf);
+#else
+  const vi bits = (__builtin_convertvector(nf, vi) + 127) << 23;
   vf scale;
   std::memcpy(&scale, &bits, sizeof(scale));
   return p * scale;
+#endif
 }
 
 #if defined(__AVX512F__)
