@@ -138,3 +138,23 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch,
     assert len(warnings) == 1 and "c++: not found" in warnings[0] and "IARM_CPU_ATTENTION=aten" in warnings[0]
     x = torch.randn(2, 3, 48)
     assert torch.equal(multi_head_attention(x, 2, 8), matmul_attention(x, 2, 8))
+
+
+def test_same_result_for_any_thread_count_and_layout() -> None:
+    """Samples are independent blocks, so the thread count cannot change a bit; a non-contiguous
+    input is copied, not misread."""
+    torch.manual_seed(5)
+    qkv = torch.randn(70, 39, 3 * 2 * 8)
+    grad = torch.randn(70, 39, 16)
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _forward_backward(fa.field_attention, qkv, grad, 2, 8)
+        torch.set_num_threads(2)
+        two = _forward_backward(fa.field_attention, qkv, grad, 2, 8)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+    strided = qkv.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
+    assert not strided.is_contiguous()
+    assert torch.equal(fa.field_attention(strided, 2, 8), one[0])
