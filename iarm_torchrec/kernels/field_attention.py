@@ -77,7 +77,10 @@ def _build() -> bool:
         load_extension(
             name=name,
             sources=[str(SOURCE)],
-            extra_cflags=["-O3", *ARCH_FLAGS.get(capability, ())],
+            # -fopenmp: at::parallel_for is inline OpenMP; the libgomp.so.1 it links is the one
+            # torch has already loaded, so the kernel runs on torch's threads (torch.set_num_threads)
+            extra_cflags=["-O3", "-fopenmp", *ARCH_FLAGS.get(capability, ())],
+            extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
         )
