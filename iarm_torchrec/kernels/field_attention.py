@@ -60,10 +60,11 @@ def load() -> bool:
         True when ``torch.ops.iarm.field_attention_forward`` is usable; False, after one
         logged warning, when the build failed.
     """
-    with _lock:
-        if "ok" not in _loaded:
-            _loaded["ok"] = _build()
-        return _loaded["ok"]
+    if "ok" not in _loaded:  # the lock only matters until the first build has finished
+        with _lock:
+            if "ok" not in _loaded:
+                _loaded["ok"] = _build()
+    return _loaded["ok"]
 
 
 def _build() -> bool:
@@ -73,7 +74,7 @@ def _build() -> bool:
         from torch.utils.cpp_extension import load as load_extension
 
         _put_ninja_on_path()
-        logger.info("loading IARM's CPU attention kernel %s (built once, about a minute, then cached)", name)
+        logger.info("loading IARM's CPU attention kernel %s (the first time it is built: 15-60 s)", name)
         load_extension(
             name=name,
             sources=[str(SOURCE)],
@@ -89,7 +90,7 @@ def _build() -> bool:
             "IARM's CPU attention kernel could not be built (%s: %s); using ATen bmm + softmax, which is "
             "slower. Install a C++ compiler and the `ninja` package, or set %s=aten to silence this.",
             type(error).__name__,
-            str(error).strip().splitlines()[-1:] or "",
+            (str(error).strip().splitlines() or [""])[-1],
             BACKEND_ENV,
         )
         return False
