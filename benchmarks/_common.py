@@ -129,7 +129,7 @@ def _cpu_attention() -> str:
     """Which attention path our CPU runners take by default (the compiled kernel or ATen)."""
     from iarm_torchrec.kernels import field_attention
 
-    if field_attention.backend() == "kernel" and field_attention.load():
+    if field_attention.kernel_enabled():
         return f"compiled kernel ({torch.backends.cpu.get_cpu_capability()})"
     return "ATen bmm + softmax"
 

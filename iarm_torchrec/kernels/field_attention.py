@@ -106,15 +106,19 @@ def _put_ninja_on_path() -> None:
         os.environ["PATH"] = ninja.BIN_DIR + os.pathsep + os.environ.get("PATH", "")
 
 
+def kernel_enabled() -> bool:
+    """The backend is not set to ``aten`` and the kernel is built (building it if needed)."""
+    return backend() == "kernel" and load()
+
+
 def kernel_applies(qkv: torch.Tensor, head_dim: int) -> bool:
     """Whether :func:`field_attention` serves this input: float32 on CPU, a supported head size,
-    the backend not set to ``aten``, and the kernel built."""
+    and :func:`kernel_enabled`."""
     return (
         qkv.device.type == "cpu"
         and qkv.dtype == torch.float32
         and head_dim in SUPPORTED_HEAD_DIMS
-        and backend() == "kernel"
-        and load()
+        and kernel_enabled()
     )
 
 
