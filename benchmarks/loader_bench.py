@@ -36,7 +36,8 @@ from _common import StepClock, machine, window_rates  # noqa: E402
 from iarm_torchrec.data.loader import ShardedBatchLoader  # noqa: E402
 from iarm_torchrec.data.spec import FeatureSpec  # noqa: E402
 from iarm_torchrec.data.synthetic import make_synthetic_dataset  # noqa: E402
-from iarm_torchrec.models.iarm import IARMConfig, IARMTrain  # noqa: E402
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.iarm import IARMConfig  # noqa: E402
 
 RESULTS = Path(__file__).resolve().parent / "results"
 TARGET_RATIO = 3.0
@@ -60,7 +61,7 @@ def loader_rate(data_dir: Path, batch_size: int, prefetch: int, batches: int) ->
     return _rate(clock, warmup=2)
 
 
-def step_rate(model: IARMTrain, optimizer: torch.optim.Optimizer, batches: Iterable[Any], steps: int) -> float:
+def step_rate(model: CTRTrain, optimizer: torch.optim.Optimizer, batches: Iterable[Any], steps: int) -> float:
     clock = StepClock()
     for batch in itertools.islice(batches, steps):
         optimizer.zero_grad()
@@ -74,7 +75,7 @@ def step_rate(model: IARMTrain, optimizer: torch.optim.Optimizer, batches: Itera
 def bench(data_dir: Path, batch_size: int, batches: int, steps: int) -> Dict[str, Any]:
     spec = FeatureSpec.load(data_dir)
     torch.manual_seed(0)
-    model = IARMTrain(IARMConfig(spec.to_feature_config(16)).build())
+    model = CTRTrain(IARMConfig(spec.to_feature_config(16)).build())
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
     loader = ShardedBatchLoader(data_dir, "train", batch_size, shuffle=True, seed=0, prefetch=2)
     in_memory = list(itertools.islice(iter(loader), steps))

@@ -31,6 +31,7 @@ def train(
     resume: Optional[str] = None,
     config: Optional[str] = None,
     model: Optional[str] = None,
+    model_config: Optional[str] = None,
     batch_size: Optional[int] = None,
     epochs: Optional[int] = None,
     lr: Optional[float] = None,
@@ -71,6 +72,7 @@ def train(
             there is none), or a checkpoint folder; use ``latest`` with max_retries so that a retry resumes
         config: a trainer config file (JSON) whose values the other flags override
         model: model name from the model registry (default: the trainer's, IARM)
+        model_config: the model's own settings as JSON or a JSON file, e.g. '{"num_cross_layers": 2}' for dcn
         batch_size: GLOBAL batch size, split evenly over all ranks
         epochs: number of training epochs
         lr: learning rate of the dense optimizer
@@ -101,6 +103,7 @@ def train(
         "--resume": resume,
         "--config": config,
         "--model": model,
+        "--model-config": model_config,
         "--batch-size": batch_size,
         "--epochs": epochs,
         "--lr": lr,

@@ -12,7 +12,6 @@ _EXPORTS: Dict[str, str] = {
     "FeatureConfig": "iarm_torchrec.features",
     "IARM": "iarm_torchrec.models.iarm",
     "IARMConfig": "iarm_torchrec.models.iarm",
-    "IARMTrain": "iarm_torchrec.models.iarm",
     "SparseFeature": "iarm_torchrec.features",
 }
 

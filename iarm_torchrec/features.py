@@ -67,13 +67,6 @@ class FeatureConfig:
             raise ValueError("FeatureConfig needs at least one sparse feature")
         if self.embedding_dim <= 0:
             raise ValueError(f"embedding_dim must be positive, got {self.embedding_dim}")
-        names = self.field_names
-        repeated = sorted({n for n in names if names.count(n) > 1})
-        if repeated:
-            raise ValueError(f"field names must be unique across sparse and dense fields; repeated: {repeated}")
-        unknown = [n for n in self.user_feature_names if n not in names]
-        if unknown:
-            raise ValueError(f"user_feature_names {unknown} are not fields of this config; known fields: {names}")
 
     @property
     def field_names(self) -> List[str]:

@@ -38,6 +38,7 @@ def paper(
     out: str = "runs/paper",
     seeds: str = "0,1,2",
     models: Optional[str] = None,
+    model_config: Optional[str] = None,
     field_set: Optional[str] = "paper",
     test_ratio: Optional[float] = 0.2,
     valid_ratio: Optional[float] = 0.1,
@@ -68,6 +69,7 @@ def paper(
         out: the study folder (runs/, report.md, plots/); finished runs in it are reused
         seeds: comma-separated seeds; every run is repeated once per seed (mean and std reported)
         models: comma-separated models of table2/split (default: all ten of Table 2)
+        model_config: each model's own settings, JSON keyed by model, e.g. '{"dcn": {"num_cross_layers": 2}}'
         field_set: movielens-1m field set (paper or ids); ignored for the other datasets
         test_ratio: test share (the paper's Table 2 uses 0.2; the split preset sets its own)
         valid_ratio: validation share, which picks each run's best epoch
@@ -92,6 +94,7 @@ def paper(
         "--out": out,
         "--seeds": seeds,
         "--models": models,
+        "--model-config": model_config,
         "--field-set": field_set if dataset == "movielens-1m" else None,
         "--test-ratio": test_ratio,
         "--valid-ratio": valid_ratio,

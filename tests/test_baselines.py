@@ -39,7 +39,7 @@ from iarm_torchrec.models import (
     IARMConfig,
     WideAndDeep,
 )
-from iarm_torchrec.models.registry import config_from_dict, make_config, model_config_dict, model_names
+from iarm_torchrec.models.registry import config_from_dict, make_config, model_config_dict, MODEL_NAMES
 from iarm_torchrec.modules.deep import DeepArch
 from iarm_torchrec.modules.linear import FirstOrderArch, first_order_embedding_bag_collection
 
@@ -314,7 +314,7 @@ def test_afm_attention_weights_are_a_distribution_over_the_pairs() -> None:
 
 
 def test_every_baseline_is_registered_and_round_trips_through_json() -> None:
-    assert set(BASELINES) <= set(model_names())
+    assert set(BASELINES) <= set(MODEL_NAMES)
     for variant, (name, settings, cls) in SMALL.items():
         config = make_config(name, FEATURES, **settings)
         data = json.loads(json.dumps(model_config_dict(config)))
@@ -380,7 +380,10 @@ def test_first_order_tables_mirror_the_embedding_tables_with_one_weight_each() -
         (f"{c.name}_linear", 1, c.num_embeddings, c.feature_names, c.pooling) for c in ebc.embedding_bag_configs()
     ]
     given = first_order_embedding_bag_collection(ebc)
-    model = DeepFM(ebc, 2, ["age", "price"], ["genres"], deep_layer_sizes=[4], linear_embedding_bag_collection=given)
+    model = DeepFM(
+        ebc, 2, deep_layer_sizes=[4], linear_embedding_bag_collection=given,
+        dense_feature_names=["age", "price"], multi_hot_feature_names=["genres"],
+    )
     assert model.first_order_arch.embedding_bag_collection is given
 
 

@@ -20,6 +20,7 @@ from torchx.specs.finder import get_component
 
 import components.iarm
 from components import iarm
+from iarm_torchrec.train.settings import TrainSettings
 
 REPO = Path(__file__).resolve().parents[1]
 TORCHX = Path(sys.executable).parent / "torchx"
@@ -56,7 +57,7 @@ def test_train_renders_multinode_torchrun_with_trainer_flags() -> None:
     app = iarm.train(
         "--num-layers", "3", "--no-residual",
         dataset="criteo", data_dir="/data/criteo", cache_dir="/scratch/c", out="/runs/a", resume="latest",
-        batch_size=4096, lr=0.001,
+        batch_size=4096, lr=0.001, model="iarm", model_config='{"num_heads": 4}',
         sparse_optimizer="rowwise_adagrad", j="2x4", gpu=4, cpu=16, memMB=65536, max_retries=3,
     )  # fmt: skip
     words = torchrun_command(app)
@@ -72,9 +73,12 @@ def test_train_renders_multinode_torchrun_with_trainer_flags() -> None:
     # unset trainer options are left to the trainer; extra flags come last so they win
     assert trainer_args(words) == [
         "--dataset", "criteo", "--data-dir", "/data/criteo", "--cache-dir", "/scratch/c", "--out", "/runs/a",
-        "--resume", "latest", "--batch-size", "4096",
+        "--resume", "latest", "--model", "iarm", "--model-config", '{"num_heads": 4}', "--batch-size", "4096",
         "--lr", "0.001", "--sparse-optimizer", "rowwise_adagrad", "--num-layers", "3", "--no-residual",
     ]  # fmt: skip
+    # what the ranks run parses into the model's settings
+    settings = TrainSettings.from_args(trainer_args(words))
+    assert (settings.model_config["num_heads"], settings.model_config["use_residual"]) == (4, False)
 
 
 def test_train_single_node_defaults() -> None:

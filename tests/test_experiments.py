@@ -15,7 +15,7 @@ from iarm_torchrec.cli import build_parser
 from iarm_torchrec.experiments.attention import ATTENTION_FILE
 from iarm_torchrec.experiments.command import add_arguments, run
 from iarm_torchrec.experiments.paper import paper_figure
-from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir
+from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir, settings_key
 from iarm_torchrec.experiments.report import render_report, render_table
 from iarm_torchrec.experiments.results import METRICS_FILE, load_metrics, summarize
 from iarm_torchrec.experiments.runner import ERROR_FILE, TIMING_FILE
@@ -46,7 +46,8 @@ def test_table2_runs_every_model_at_every_seed(tmp_path: Path) -> None:
 def test_ablation_layers_split_and_attention_presets(tmp_path: Path) -> None:
     ablation = {r.variant.label: r.settings for r in expand("ablation", BASE, [0], tmp_path)}
     assert list(ablation) == ["IARM", "IARM*", "IRM", "IARM-"]
-    flags = {k: (s.use_interest, s.use_attention, s.use_residual) for k, s in ablation.items()}
+    flags = {k: tuple(s.model_config[f] for f in ("use_interest", "use_attention", "use_residual"))
+             for k, s in ablation.items()}
     assert flags == {
         "IARM": (True, True, True),
         "IARM*": (False, True, True),
@@ -54,7 +55,14 @@ def test_ablation_layers_split_and_attention_presets(tmp_path: Path) -> None:
         "IARM-": (True, True, False),
     }
     layers = expand("layers", BASE, [0, 1, 2], tmp_path)
-    assert [(r.settings.num_layers, r.variant.group) for r in layers[::3]] == [(n, str(n)) for n in range(5)]
+    assert [(r.settings.model_config["num_layers"], r.variant.group) for r in layers[::3]] == [(n, str(n)) for n in range(5)]
+    # the study's settings of each model: IARM's own reach every IARM variant, DCN's reach DCN only
+    configs = {"iarm": {"num_heads": 4}, "dcn": {"num_cross_layers": 1}}
+    runs = {r.variant.label: r.settings for r in expand("table2", BASE, [0], tmp_path, ["fm", "dcn", "iarm"], configs)}
+    assert runs["DCN"].model_config["num_cross_layers"] == 1 and runs["FM"].model_config == {}
+    assert runs["IARM"].model_config["num_heads"] == 4
+    star = expand("ablation", BASE, [0], tmp_path, None, configs)[1].settings.model_config
+    assert (star["num_heads"], star["use_interest"]) == (4, False)
     split = expand("split", BASE, [0], tmp_path, models=["fm", "iarm"])
     assert [(r.settings.model, r.settings.test_ratio, r.variant.group) for r in split] == [
         ("fm", 0.2, "0.2"), ("iarm", 0.2, "0.2"), ("fm", 0.3, "0.3"), ("iarm", 0.3, "0.3")
@@ -70,8 +78,10 @@ def test_runs_are_shared_between_studies_and_keyed_by_what_changes_the_result(tm
     assert iarm["table2"] == tmp_path / "runs" / iarm["table2"].parent.name / "seed-0"
     same = replace(BASE, model="iarm", out="elsewhere", device="cpu", resume="latest", cache_dir="/tmp/c")
     assert run_dir(tmp_path, same) == run_dir(tmp_path, replace(BASE, model="iarm"))
-    for change in ({"epochs": 2}, {"lr": 0.01}, {"num_layers": 2}, {"test_ratio": 0.3}, {"seed": 1}):
+    for change in ({"epochs": 2}, {"lr": 0.01}, {"model_config": {"num_layers": 2}}, {"test_ratio": 0.3}, {"seed": 1}):
         assert run_dir(tmp_path, replace(BASE, model="iarm", **change)) != run_dir(tmp_path, replace(BASE, model="iarm"))
+    # an FM run's folder hashes FM's settings only: IARM's defaults changing would not move it
+    assert "num_layers" not in json.dumps(settings_key(BASE.with_model("fm")))
 
 
 def test_expand_rejects_bad_requests(tmp_path: Path) -> None:
@@ -179,8 +189,8 @@ def test_paper_recipe_renders_one_resumable_experiment_process() -> None:
 
 def _study_args(tmp_path: Path, *flags: str) -> argparse.Namespace:
     config = tmp_path / "small.json"
-    config.write_text(json.dumps({"embedding_dim": 4, "num_layers": 1, "num_heads": 2, "head_dim": 4,
-                                  "interest_layers": [8], "device": "cpu"}))
+    config.write_text(json.dumps({"embedding_dim": 4, "device": "cpu", "model_config": {
+        "num_layers": 1, "num_heads": 2, "head_dim": 4, "interest_layer_sizes": [8]}}))
     return build_parser().parse_args([  # through the `iarm` command's parser
         "experiment", "--dataset", "synthetic", "--synthetic-rows", "3000", "--cache-dir", str(tmp_path / "cache"),
         "--out", str(tmp_path / "study"), "--seeds", "0", "--config", str(config), "--epochs", "1",

@@ -23,7 +23,8 @@ from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
-from iarm_torchrec.models.iarm import IARM, IARMTrain
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.iarm import IARM
 from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 from iarm_torchrec.modules.interacting import (
     InteractingLayer,
@@ -309,7 +310,7 @@ def test_eq13_train_loss_is_mean_log_loss_of_sigmoid() -> None:
     model = make_model()
     labels = torch.tensor([1.0, 0.0, 1.0], dtype=torch.float64)
     batch = Batch(dense_features=DENSE, sparse_features=make_kjt(SAMPLES), labels=labels)
-    loss, (loss_d, logits, out_labels) = IARMTrain(model)(batch)
+    loss, (loss_d, logits, out_labels) = CTRTrain(model)(batch)
     ref, _ = ref_logits(model, SAMPLES, DENSE)
     total = 0.0
     for y, z in zip(labels.tolist(), ref.tolist()):

@@ -11,7 +11,8 @@ from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
 from iarm_torchrec.features import FeatureConfig, SparseFeature
-from iarm_torchrec.models.iarm import IARM, IARMConfig, IARMTrain
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.iarm import IARM, IARMConfig
 
 FEATURES = FeatureConfig(
     [SparseFeature("user", 20), SparseFeature("item", 30), SparseFeature("genres", 8, multi_hot=True)],
@@ -126,7 +127,7 @@ def test_fx_trace_gives_same_output_for_batch_sizes_1_and_64() -> None:
 def test_every_parameter_gets_a_nonzero_gradient() -> None:
     model = build()
     batch = random_batch(64)
-    loss, _ = IARMTrain(model)(batch)
+    loss, _ = CTRTrain(model)(batch)
     loss.backward()
     params = dict(model.named_parameters())
     assert any("embedding_bags.t_genres" in n for n in params)  # tables are included
@@ -169,7 +170,7 @@ def test_subclass_with_own_interest_arch_builds_traces_and_learns() -> None:
     score = torch.randn(20, generator=g)[users] + torch.randn(30, generator=g)[items]
     batch = dataclasses.replace(batch, labels=(score > 0).long())
 
-    train = IARMTrain(model)
+    train = CTRTrain(model)
     optimizer = torch.optim.Adam(train.parameters(), lr=0.02)
     losses = []
     for _ in range(40):

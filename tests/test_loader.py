@@ -194,7 +194,8 @@ def test_real_data_batch_trains_iarm(tmp_path: Path, dataset: str, folder: str) 
     if importlib.util.find_spec("iarm_torchrec.data.preprocess") is None:
         pytest.skip("iarm_torchrec.data.preprocess (the readers) is not written yet")
     from iarm_torchrec.data.preprocess import preprocess
-    from iarm_torchrec.models.iarm import IARMConfig, IARMTrain
+    from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.iarm import IARMConfig
 
     torch.manual_seed(0)
     spec = preprocess(dataset, str(source), str(tmp_path), workers=1)
@@ -205,7 +206,7 @@ def test_real_data_batch_trains_iarm(tmp_path: Path, dataset: str, folder: str) 
         config = IARMConfig(features, use_interest=False)
     else:
         config = IARMConfig(features)
-    model = IARMTrain(config.build())
+    model = CTRTrain(config.build())
     loss, (_, logits, labels) = model(batch)
     loss.backward()
     assert logits.shape == (32,) and torch.isfinite(loss)

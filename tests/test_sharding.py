@@ -56,7 +56,8 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor, KeyedTensor
 
 from dist_utils import load_global_state, local_shards, run_ranks
 from iarm_torchrec.features import FeatureConfig, SparseFeature
-from iarm_torchrec.models.iarm import IARMConfig, IARMTrain
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.iarm import IARMConfig
 
 WORLD_SIZE = 2
 LOCAL_BATCH = 4
@@ -162,7 +163,7 @@ def _module_plan(ebc: torch.nn.Module, spec: Dict[str, str]) -> Any:
 
 
 def _run_scenario(rank: int, scenario: Scenario, full: Dict[str, torch.Tensor]) -> Dict[str, Any]:
-    model = IARMTrain(model_config().build(torch.device("meta")))
+    model = CTRTrain(model_config().build(torch.device("meta")))
     ebc = model.model.embedding_arch.embedding_bag_collection
     opt_class, opt_kwargs = _fused_optimizer(scenario.optimizer)
     apply_optimizer_in_backward(opt_class, ebc.parameters(), opt_kwargs)
@@ -214,9 +215,9 @@ def _rank_main(rank: int, world_size: int, out_dir: str) -> None:
         torch.save(result, Path(out_dir) / f"{name}.rank{rank}.pt")
 
 
-def reference_model(state: Optional[Dict[str, torch.Tensor]] = None) -> IARMTrain:
+def reference_model(state: Optional[Dict[str, torch.Tensor]] = None) -> CTRTrain:
     torch.manual_seed(0)
-    model = IARMTrain(model_config().build(torch.device("cpu")))
+    model = CTRTrain(model_config().build(torch.device("cpu")))
     if state is not None:
         model.load_state_dict(state)
     return model

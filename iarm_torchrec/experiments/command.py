@@ -14,6 +14,7 @@ JSON file) or the trainer's defaults.
 """
 
 import argparse
+import json
 import logging
 import os
 import platform
@@ -33,7 +34,9 @@ from iarm_torchrec.experiments.presets import PRESETS, TABLE2_MODELS, RunSpec, e
 from iarm_torchrec.experiments.report import render_attention_pairs, render_report
 from iarm_torchrec.experiments.results import load_metrics, summarize
 from iarm_torchrec.experiments.runner import TrainFn, run_all, run_seconds
-from iarm_torchrec.train.settings import DATASETS, TrainSettings
+from iarm_torchrec.experiments.presets import ModelConfigs
+from iarm_torchrec.models.registry import check_model_settings
+from iarm_torchrec.train.settings import DATASETS, DEVICES, TrainSettings, parse_model_config
 from iarm_torchrec.train.trainer import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -42,7 +45,7 @@ PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
 MIN_SEEDS = 3
 _BUDGET = ("epochs", "batch_size", "max_steps_per_epoch", "lr", "sparse_optimizer", "sparse_lr", "embedding_dim",
-           "num_layers", "num_heads", "head_dim", "interest_layers", "early_stopping_patience")
+           "early_stopping_patience")
 
 
 def _names(text: str, allowed: Sequence[str], what: str) -> List[str]:
@@ -83,13 +86,30 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-ratio", type=float, help="test share (the split preset sets its own)")
     g.add_argument("--valid-ratio", type=float, help="validation share (selects the best epoch)")
     g.add_argument("--synthetic-rows", type=int)
-    g.add_argument("--device", choices=["auto", "cpu", "cuda"])
+    g.add_argument("--device", choices=DEVICES)
+    parser.add_argument(
+        "--model-config",
+        type=_model_configs,
+        help="each model's own settings as JSON (or a JSON file), keyed by model, e.g. "
+        "'{\"iarm\": {\"num_layers\": 2}, \"dcn\": {\"num_cross_layers\": 2}}'; models not named keep "
+        "their defaults (or --config's, for its model); variants such as IARM* change theirs on top",
+    )
+
+
+def _model_configs(text: str) -> ModelConfigs:
+    """``--model-config``: ``{model: settings}``, each checked by the model's config."""
+    try:
+        mapping = parse_model_config(text)
+        return {model: check_model_settings(model, settings) for model, settings in mapping.items()}
+    except (ValueError, TypeError, AttributeError) as error:
+        raise argparse.ArgumentTypeError(f"--model-config: {error}") from None
 
 
 def base_settings(args: argparse.Namespace) -> TrainSettings:
     """The settings every run of the study shares: ``--config``, then the flags given."""
     base = TrainSettings.from_file(args.config) if args.config else TrainSettings()
-    given = {k: v for k, v in vars(args).items() if v is not None and k in base.to_dict() and k not in ("out",)}
+    skip = ("out", "model_config")
+    given = {k: v for k, v in vars(args).items() if v is not None and k in base.to_dict() and k not in skip}
     return replace(base, **given)
 
 
@@ -101,7 +121,7 @@ def run(args: argparse.Namespace, train: Optional[TrainFn] = None) -> int:
     if len(args.seeds) < MIN_SEEDS:
         logger.warning("%d seed(s): the paper's comparisons need at least %d for a standard deviation",
                        len(args.seeds), MIN_SEEDS)
-    studies = {p: expand(p, base, args.seeds, out, args.models) for p in args.preset}
+    studies = {p: expand(p, base, args.seeds, out, args.models, args.model_config) for p in args.preset}
     start = time.perf_counter()
     outcomes = run_all([r for runs in studies.values() for r in runs], train)
     failed = [o for o in outcomes if o.status == "failed"]
@@ -162,7 +182,10 @@ def command_line(args: argparse.Namespace) -> str:
     for name, value in vars(args).items():
         if value is None or name == "command" or callable(value):  # the `iarm` parser's own entries
             continue
-        text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
+        if isinstance(value, dict):
+            text = json.dumps(value, separators=(",", ":"))
+        else:
+            text = ",".join(map(str, value)) if isinstance(value, list) else str(value)
         words += [f"--{name.replace('_', '-')}", text]
     return shlex.join(words)
 
@@ -178,6 +201,9 @@ def provenance(args: argparse.Namespace, base: TrainSettings, runs: Sequence[Run
         "data": data,
         "seeds": ",".join(map(str, args.seeds)) + ("" if len(args.seeds) >= MIN_SEEDS else f" (fewer than {MIN_SEEDS})"),
         "budget": budget + f", dense optimizer {base.dense_optimizer}",
+        "model settings": "; ".join(
+            f"{r.variant.label}: {json.dumps(r.settings.model_config)}" for r in _first_seed(runs)
+        ),
         "selection": "each run keeps its epoch of best validation AUC; the test split is only reported",
         "versions": versions(),
         "machine": machine(),
@@ -185,6 +211,14 @@ def provenance(args: argparse.Namespace, base: TrainSettings, runs: Sequence[Run
                          + (f" ({sum(seconds) / len(seconds):.0f} s each on average; runs shared with other "
                             "tables are counted in each)" if seconds else ""),
     }
+
+
+def _first_seed(runs: Sequence[RunSpec]) -> List[RunSpec]:
+    """One run per variant (its first seed)."""
+    seen: Dict[str, RunSpec] = {}
+    for run in runs:
+        seen.setdefault(f"{run.variant.label}/{run.variant.group}", run)
+    return list(seen.values())
 
 
 def machine() -> str:

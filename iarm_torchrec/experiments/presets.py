@@ -1,7 +1,7 @@
 """The paper's studies as lists of training runs.
 
-A study (a *preset*) is a list of :class:`Variant`\\ s, each a model plus the training
-settings it changes, run once per seed. :func:`expand` turns a preset, the shared base
+A study (a *preset*) is a list of :class:`Variant`\\ s, each a model plus the model and
+training settings it changes, run once per seed. :func:`expand` turns a preset, the shared base
 settings and the seeds into :class:`RunSpec`\\ s, each with its own run folder.
 
 A run folder is keyed by everything that decides the result, not by the preset: two
@@ -17,8 +17,11 @@ Example::
     >>> runs = expand("ablation", TrainSettings(dataset="synthetic"), seeds=[0, 1], out="study")
     >>> [(r.variant.label, r.seed) for r in runs][:3]
     [('IARM', 0), ('IARM', 1), ('IARM*', 0)]
-    >>> runs[2].settings.use_interest, runs[2].settings.seed
+    >>> runs[2].settings.model_config["use_interest"], runs[2].settings.seed
     (False, 0)
+    >>> fm = expand("table2", TrainSettings(), [0], "study")[0].settings
+    >>> fm.model, fm.model_config
+    ('fm', {})
     >>> expand("table2", TrainSettings(), [0], "study")[0].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
     False
     >>> expand("layers", TrainSettings(), [0], "study")[3].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
@@ -34,6 +37,9 @@ from typing import Any, Dict, List, Optional, Sequence
 from iarm_torchrec.train.settings import TrainSettings
 
 RUNS_DIR = "runs"
+
+ModelConfigs = Dict[str, Dict[str, Any]]
+"""``{model name: that model's own settings}``: a study's settings of each model it trains."""
 
 MODEL_LABELS: Dict[str, str] = {
     "fm": "FM",
@@ -69,18 +75,24 @@ class Variant:
     Args:
         label: the row's name in the report (the paper's name where it has one).
         model: a registered model name.
+        model_config: the model's own settings set for this row (IARM's ablation switches).
         overrides: :class:`TrainSettings` fields set for this row only.
         group: the column or series this row belongs to (Table 6's test ratio), if any.
     """
 
     label: str
     model: str
+    model_config: Dict[str, Any] = field(default_factory=dict)
     overrides: Dict[str, Any] = field(default_factory=dict)
     group: Optional[str] = None
 
-    def settings(self, base: TrainSettings, seed: int) -> TrainSettings:
-        """``base`` with this variant's model, overrides and ``seed`` (validated anew)."""
-        return replace(base, model=self.model, seed=seed, **self.overrides)
+    def settings(self, base: TrainSettings, seed: int, model_configs: Optional[ModelConfigs] = None) -> TrainSettings:
+        """``base`` with this variant's model, settings and ``seed`` (validated anew). The model
+        starts from ``model_configs[model]`` (the study's settings of that model), else from
+        ``base.model_config`` when ``base`` is of the same model, else from its defaults."""
+        given = (model_configs or {}).get(self.model)
+        start = given if given is not None else base.model_config if base.model == self.model else {}
+        return base.with_model(self.model, {**start, **self.model_config}, seed=seed, **self.overrides)
 
 
 @dataclass(frozen=True)
@@ -113,7 +125,7 @@ def _layers(models: Sequence[str]) -> List[Variant]:
 
 def _split(models: Sequence[str]) -> List[Variant]:
     return [
-        Variant(MODEL_LABELS.get(m, m), m, {"test_ratio": ratio}, group=str(ratio))
+        Variant(MODEL_LABELS.get(m, m), m, overrides={"test_ratio": ratio}, group=str(ratio))
         for ratio in TEST_RATIOS
         for m in models
     ]
@@ -153,6 +165,7 @@ def expand(
     seeds: Sequence[int],
     out: "Path | str",
     models: Optional[Sequence[str]] = None,
+    model_configs: Optional[ModelConfigs] = None,
 ) -> List[RunSpec]:
     """The runs of ``preset``: each variant at each seed, over ``base`` settings.
 
@@ -162,6 +175,8 @@ def expand(
         seeds: at least one seed; each variant runs once per seed.
         out: the study folder; runs go under ``out/runs``.
         models: the models compared by ``table2`` and ``split`` (default: all of Table 2).
+        model_configs: ``{model: its settings}`` for the models of the study (see
+            :meth:`Variant.settings`).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -172,7 +187,7 @@ def expand(
     runs = []
     for variant in PRESETS[preset](list(models or TABLE2_MODELS)):
         for seed in seeds:
-            settings = variant.settings(base, seed)
+            settings = variant.settings(base, seed, model_configs)
             folder = run_dir(out, settings)
             runs.append(RunSpec(preset, variant, seed, replace(settings, out=str(folder)), folder))
     return runs

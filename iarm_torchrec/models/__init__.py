@@ -8,7 +8,8 @@ from iarm_torchrec.models.dcn import DCN, DCNConfig
 from iarm_torchrec.models.deep_crossing import DeepCrossing, DeepCrossingConfig
 from iarm_torchrec.models.deepfm import DeepFM, DeepFMConfig
 from iarm_torchrec.models.fm import FM, FMConfig
-from iarm_torchrec.models.iarm import IARM, IARMConfig, IARMTrain
+from iarm_torchrec.models.field_model import FieldModel, FirstOrderModel
+from iarm_torchrec.models.iarm import IARM, IARMConfig
 from iarm_torchrec.models.nfm import NFM, NFMConfig
 from iarm_torchrec.models.pnn import PNN, PNNConfig
 from iarm_torchrec.models.wide_deep import WideAndDeep, WideAndDeepConfig
@@ -27,10 +28,11 @@ __all__ = [
     "DeepFMConfig",
     "DeepModelConfig",
     "FM",
+    "FieldModel",
+    "FirstOrderModel",
     "FMConfig",
     "IARM",
     "IARMConfig",
-    "IARMTrain",
     "ModelConfig",
     "NFM",
     "NFMConfig",

@@ -7,11 +7,12 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import ModelConfig, check_positive
+from iarm_torchrec.models.config import ModelConfig
+from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
+from iarm_torchrec.modules.checks import check_positive
 from iarm_torchrec.modules.factorization import PairwiseProduct
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
-from iarm_torchrec.modules.linear import FirstOrderArch
 
 
 class AttentionalPoolingArch(nn.Module):
@@ -35,6 +36,7 @@ class AttentionalPoolingArch(nn.Module):
 
     def __init__(self, num_fields: int, embedding_dim: int, attention_dim: int) -> None:
         super().__init__()
+        check_positive(attention_dim=attention_dim)
         self.pairwise: PairwiseProduct = PairwiseProduct(num_fields)
         self.attention: nn.Linear = nn.Linear(embedding_dim, attention_dim)  # W, b
         self.attention_score: nn.Linear = nn.Linear(attention_dim, 1, bias=False)  # h
@@ -56,51 +58,37 @@ class AttentionalPoolingArch(nn.Module):
         return self.projection(pooled).squeeze(-1)
 
 
-class AFM(nn.Module):
+class AFM(FirstOrderModel):
     """``y = w_0 + sum_i w_i x_i + p^T sum_{i<j} a_ij (v_i (*) v_j)`` (paper Eq. 5).
 
     The first-order part is :class:`FirstOrderArch`; the second-order part is
     :class:`AttentionalPoolingArch` over the ``B x M x D`` field vectors.
 
-    Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
-        attention_dim: ``t``, the attention network's hidden size.
-        linear_embedding_bag_collection: the first-order weight tables (``embedding_dim=1``);
-            by default one per table of ``embedding_bag_collection``, on its device.
-
     Example::
 
-        >>> from torchrec import EmbeddingBagConfig
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> AFM(ebc, dense_in_features=2, attention_dim=4)(torch.rand(2, 2), kjt).shape
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> AFM(ebc, dense_in_features=2, attention_dim=4)(dense, kjt).shape
         torch.Size([2])
+
+    Args:
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
+        attention_dim: ``t``, the attention network's hidden size.
+        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         attention_dim: int = 16,
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        self.first_order_arch: FirstOrderArch = FirstOrderArch.for_fields(
-            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection
-        )
+        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
         self.attention_arch: AttentionalPoolingArch = AttentionalPoolingArch(
-            self.embedding_arch.num_fields, self.embedding_arch.embedding_dim, attention_dim
+            self.num_fields, self.embedding_dim, attention_dim
         )
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
@@ -117,5 +105,3 @@ class AFMConfig(ModelConfig):
 
     attention_dim: int = 16
 
-    def validate(self) -> None:
-        check_positive(attention_dim=self.attention_dim)

@@ -4,8 +4,10 @@ import dataclasses
 from typing import Sequence
 
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import ModelConfig, check_positive
+from iarm_torchrec.models.config import ModelConfig
+from iarm_torchrec.models.field_model import FieldOptions
 from iarm_torchrec.models.iarm import IARM
 
 
@@ -18,53 +20,44 @@ class AutoInt(IARM):
     :class:`IARM` with ``use_interest=False`` (the paper's IARM*), under its original name, so
     it shares every arch and only fixes the switches.
 
+    Example::
+
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> model = AutoInt(ebc, dense_in_features=2, num_layers=2)
+        >>> model(dense, kjt).shape, model.interest_arch is None
+        (torch.Size([2]), True)
+
     Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         num_layers: interacting layers (AutoInt's default 3).
         num_heads: ``H`` (default 2).
         head_dim: ``d'`` (default 32).
         use_residual: keep ``W_Res e_m`` (AutoInt's residual connections).
-
-    Example::
-
-        >>> import torch
-        >>> from torchrec import EmbeddingBagConfig, KeyedJaggedTensor
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> model = AutoInt(ebc, dense_in_features=2, num_layers=2)
-        >>> model(torch.rand(2, 2), kjt).shape, model.interest_arch is None
-        (torch.Size([2]), True)
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         num_layers: int = 3,
         num_heads: int = 2,
         head_dim: int = 32,
         use_residual: bool = True,
+        **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(
             embedding_bag_collection,
             dense_in_features,
             user_feature_names=(),
-            dense_feature_names=dense_feature_names,
-            multi_hot_feature_names=multi_hot_feature_names,
             num_layers=num_layers,
             num_heads=num_heads,
             head_dim=head_dim,
             use_interest=False,
             use_attention=True,
             use_residual=use_residual,
+            **fields,
         )
 
 
@@ -78,8 +71,3 @@ class AutoIntConfig(ModelConfig):
     num_heads: int = 2
     head_dim: int = 32
     use_residual: bool = True
-
-    def validate(self) -> None:
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
-        check_positive(num_heads=self.num_heads, head_dim=self.head_dim)

@@ -1,7 +1,15 @@
-"""What every model config shares: its fields, dict round trip and the build from features."""
+"""What every model config shares: its fields, dict round trip, validation and the build.
+
+A config is the typed, JSON-ready description of one model: ``features`` (the fields and
+``D``) plus the model's own keyword settings. It validates by **building the model on
+``meta``**: every rule about a setting lives once, in the module that owns it (as TorchRec's
+modules check their arguments in their constructors), and the config reports it when it is
+made, before any table is allocated.
+"""
 
 import dataclasses
-from typing import Any, ClassVar, Dict, List, Optional, Sequence, Type, TypeVar
+import typing
+from typing import Any, ClassVar, Dict, List, Optional, Type, TypeVar
 
 import torch
 from torch import nn
@@ -12,47 +20,26 @@ from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
 C = TypeVar("C", bound="ModelConfig")
 
 
-def check_positive(**sizes: int) -> None:
-    """Raise ``ValueError`` naming the first setting that is not a positive integer."""
-    for name, value in sizes.items():
-        if value <= 0:
-            raise ValueError(f"{name} must be positive, got {value}")
-
-
-def check_choice(name: str, value: str, choices: Sequence[str]) -> None:
-    """Raise ``ValueError`` unless ``value`` is one of ``choices``."""
-    if value not in choices:
-        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")
-
-
-def check_layer_sizes(name: str, sizes: Sequence[int]) -> None:
-    """Raise ``ValueError`` unless ``sizes`` is one or more positive layer sizes."""
-    if not sizes or any(s <= 0 for s in sizes):
-        raise ValueError(f"{name} must be one or more positive layer sizes, got {list(sizes)}")
-
-
 @dataclasses.dataclass
 class ModelConfig:
     """Base of the model configs: ``features`` plus the subclass's own settings.
 
     A subclass is a dataclass whose fields are the keyword settings of its model's
-    constructor, names alike; it sets :attr:`model_class`, checks its settings in
-    :meth:`validate` and gets :meth:`build`, :meth:`to_dict` and :meth:`from_dict`. The model
-    is handed the ``EmbeddingBagCollection`` built from ``features`` plus the numerical fields
+    constructor, names alike, with the same defaults; it sets :attr:`model_class` and gets
+    validation, :meth:`build`, :meth:`to_dict` and :meth:`from_dict`. The model is handed the
+    ``EmbeddingBagCollection`` built from ``features`` plus the numerical fields
     (``dense_in_features``, ``dense_feature_names``) and ``multi_hot_feature_names``.
 
     Example::
 
-        >>> @dataclasses.dataclass
-        ... class TinyConfig(ModelConfig):
-        ...     width: int = 4
-        ...     def validate(self) -> None:
-        ...         check_positive(width=self.width)
         >>> from iarm_torchrec.features import SparseFeature
-        >>> TinyConfig(FeatureConfig([SparseFeature("a", 5)]), width=0)
+        >>> from iarm_torchrec.models.dcn import DCNConfig
+        >>> DCNConfig(FeatureConfig([SparseFeature("a", 5)]), cross_type="low_rank")
         Traceback (most recent call last):
         ...
-        ValueError: width must be positive, got 0
+        ValueError: cross_type must be one of ['vector', 'matrix'], got 'low_rank'
+        >>> sorted(DCNConfig.setting_defaults())
+        ['cross_type', 'deep_layer_sizes', 'num_cross_layers']
     """
 
     model_class: ClassVar[Type[nn.Module]]
@@ -68,7 +55,25 @@ class ModelConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Check the settings; raise ``ValueError`` saying what to change."""
+        """Build the model on ``meta``: its modules raise ``ValueError`` naming a bad setting."""
+        with torch.device("meta"):
+            self.build(torch.device("meta"))
+
+    @classmethod
+    def setting_defaults(cls) -> Dict[str, Any]:
+        """``{setting: default}`` of the model's own settings (every field but ``features``)."""
+        defaults: Dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            if f.name == "features":
+                continue
+            defaults[f.name] = f.default_factory() if f.default is dataclasses.MISSING else f.default  # type: ignore[misc]
+        return defaults
+
+    @classmethod
+    def setting_types(cls) -> Dict[str, Any]:
+        """``{setting: type}`` as annotated (``int``, ``bool``, ``List[int]``, ...)."""
+        hints = typing.get_type_hints(cls)
+        return {name: hints[name] for name in cls.setting_defaults()}
 
     def settings(self) -> Dict[str, Any]:
         """The model's own keyword settings: every field but ``features``."""
@@ -104,6 +109,3 @@ class DeepModelConfig(ModelConfig):
     """Base of the configs of models with a deep MLP tower: its ``deep_layer_sizes``."""
 
     deep_layer_sizes: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_DEEP_LAYER_SIZES))
-
-    def validate(self) -> None:
-        check_layer_sizes("deep_layer_sizes", self.deep_layer_sizes)

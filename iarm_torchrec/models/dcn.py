@@ -9,16 +9,18 @@ from torchrec.modules.crossnet import CrossNet, VectorCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import DeepModelConfig, check_choice, check_layer_sizes
+from iarm_torchrec.models.config import DeepModelConfig
+from iarm_torchrec.models.field_model import FieldModel, FieldOptions
+from iarm_torchrec.modules.checks import check_choice, check_layer_sizes, check_non_negative
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 from iarm_torchrec.modules.output import OutputArch
 
 CROSS_TYPES = ("vector", "matrix")
 
 
-class DCN(nn.Module):
+class DCN(FieldModel):
     """Cross network and deep network side by side over ``x_0 = [v_1; ...; v_M]``::
 
         x_{l+1} = x_0 x_l^T w_l + b_l + x_l        cross layer (paper Eq. 3)    B x MD
@@ -30,44 +32,35 @@ class DCN(nn.Module):
     ``VectorCrossNet`` (the original DCN, ``cross_type="vector"``) or its ``CrossNet``
     (DCN-V2's ``x_0 * (W_l x_l + b_l) + x_l`` with a full matrix, ``cross_type="matrix"``).
 
+    Example::
+
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> DCN(ebc, dense_in_features=2, deep_layer_sizes=[16])(dense, kjt).shape
+        torch.Size([2])
+
     Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the deep network's ReLU layers.
         num_cross_layers: ``L``, the number of cross layers.
         cross_type: ``"vector"`` (DCN) or ``"matrix"`` (DCN-V2).
-
-    Example::
-
-        >>> from torchrec import EmbeddingBagConfig
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> DCN(ebc, dense_in_features=2, deep_layer_sizes=[16])(torch.rand(2, 2), kjt).shape
-        torch.Size([2])
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
         num_cross_layers: int = 3,
         cross_type: str = "vector",
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
+        super().__init__(embedding_bag_collection, dense_in_features, **fields)
         check_choice("cross_type", cross_type, CROSS_TYPES)
+        check_non_negative(num_cross_layers=num_cross_layers)
         check_layer_sizes("deep_layer_sizes", deep_layer_sizes)
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        num_inputs = self.embedding_arch.num_fields * self.embedding_arch.embedding_dim
+        num_inputs = self.flat_dim
         cross_class = VectorCrossNet if cross_type == "vector" else CrossNet
         self.cross_net: nn.Module = cross_class(num_inputs, num_cross_layers)
         self.deep_net: MLP = MLP(num_inputs, list(deep_layer_sizes), bias=True, activation="relu")
@@ -88,8 +81,3 @@ class DCNConfig(DeepModelConfig):
     num_cross_layers: int = 3
     cross_type: str = "vector"
 
-    def validate(self) -> None:
-        super().validate()
-        if self.num_cross_layers < 0:
-            raise ValueError(f"num_cross_layers must be >= 0, got {self.num_cross_layers}")
-        check_choice("cross_type", self.cross_type, CROSS_TYPES)

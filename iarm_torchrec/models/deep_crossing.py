@@ -7,10 +7,12 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import ModelConfig, check_layer_sizes
+from iarm_torchrec.models.config import ModelConfig
+from iarm_torchrec.models.field_model import FieldModel, FieldOptions
+from iarm_torchrec.modules.checks import check_layer_sizes
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 from iarm_torchrec.modules.output import OutputArch
 
 
@@ -38,43 +40,33 @@ class ResidualUnit(nn.Module):
         return features + torch.relu(self.outer(torch.relu(self.inner(features))))
 
 
-class DeepCrossing(nn.Module):
+class DeepCrossing(FieldModel):
     """Stacked residual units over the concatenated fields ``[v_1; ...; v_M]``, then a linear
     scoring layer: ``y = w^T R_L(...R_1([v_1; ...; v_M])) + b``.
 
-    Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
-        residual_hidden_sizes: one :class:`ResidualUnit` per entry, its inner layer's size.
-
     Example::
 
-        >>> from torchrec import EmbeddingBagConfig
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> DeepCrossing(ebc, dense_in_features=2, residual_hidden_sizes=[16, 8])(torch.rand(2, 2), kjt).shape
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> DeepCrossing(ebc, dense_in_features=2, residual_hidden_sizes=[16, 8])(dense, kjt).shape
         torch.Size([2])
+
+    Args:
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
+        residual_hidden_sizes: one :class:`ResidualUnit` per entry, its inner layer's size.
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         residual_hidden_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
+        super().__init__(embedding_bag_collection, dense_in_features, **fields)
         check_layer_sizes("residual_hidden_sizes", residual_hidden_sizes)
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        num_inputs = self.embedding_arch.num_fields * self.embedding_arch.embedding_dim
+        num_inputs = self.flat_dim
         self.residual_units: nn.Sequential = nn.Sequential(
             *(ResidualUnit(num_inputs, hidden) for hidden in residual_hidden_sizes)
         )
@@ -94,5 +86,3 @@ class DeepCrossingConfig(ModelConfig):
 
     residual_hidden_sizes: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_DEEP_LAYER_SIZES))
 
-    def validate(self) -> None:
-        check_layer_sizes("residual_hidden_sizes", self.residual_hidden_sizes)

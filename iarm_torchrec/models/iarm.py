@@ -7,17 +7,17 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
 from iarm_torchrec.features import FeatureConfig
 from iarm_torchrec.models.config import ModelConfig
-from iarm_torchrec.models.ctr_train import CTRTrain
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
+from iarm_torchrec.models.field_model import FieldModel, FieldOptions
 from iarm_torchrec.modules.interacting import InteractingArch
 from iarm_torchrec.modules.interest import InterestArch
 from iarm_torchrec.modules.output import OutputArch
 
 
-class IARM(nn.Module):
+class IARM(FieldModel):
     """Interest + multi-head Attention + Residual CTR Model (paper Eq. 1-12).
 
     One sample's way to its logit::
@@ -48,19 +48,6 @@ class IARM(nn.Module):
             def build_interest_arch(self, in_features: int, layer_sizes: Sequence[int]) -> nn.Module:
                 return MyInterest(in_features)   # B x n x D -> B x output_dim
 
-    Args:
-        embedding_bag_collection: one table per categorical field, all of one
-            ``embedding_dim`` (may be on ``meta``; fields are found by name).
-        dense_in_features: ``N``, the number of numerical fields.
-        user_feature_names: the user fields ``u_1..u_n`` (sparse or dense names) of Eq. 5.
-        dense_feature_names: names of the numerical fields (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields; their tables must pool by ``MEAN``.
-        interest_layer_sizes: sizes of the interest MLP's ReLU layers (Eq. 6 uses four).
-        num_layers: interacting layers (default 3).
-        num_heads: ``H`` (default 2).
-        head_dim: ``d'`` (default 32).
-        use_interest / use_attention / use_residual: the paper's ablation switches.
-
     Example::
 
         >>> from torchrec import EmbeddingBagCollection, EmbeddingBagConfig, KeyedJaggedTensor
@@ -72,6 +59,16 @@ class IARM(nn.Module):
         ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
         >>> model(torch.rand(2, 2), kjt).shape
         torch.Size([2])
+
+    Args:
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
+        user_feature_names: the user fields ``u_1..u_n`` (sparse or dense names) of Eq. 5.
+        interest_layer_sizes: sizes of the interest MLP's ReLU layers (Eq. 6 uses four).
+        num_layers: interacting layers (default 3).
+        num_heads: ``H`` (default 2).
+        head_dim: ``d'`` (default 32).
+        use_interest / use_attention / use_residual: the paper's ablation switches.
     """
 
     def __init__(
@@ -79,8 +76,6 @@ class IARM(nn.Module):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         user_feature_names: Sequence[str],
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         interest_layer_sizes: Sequence[int] = (256, 128, 64, 32),
         num_layers: int = 3,
         num_heads: int = 2,
@@ -88,13 +83,10 @@ class IARM(nn.Module):
         use_interest: bool = True,
         use_attention: bool = True,
         use_residual: bool = True,
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        names = self.embedding_arch.field_names
-        dim = self.embedding_arch.embedding_dim
+        super().__init__(embedding_bag_collection, dense_in_features, **fields)
+        names, dim = self.field_names, self.embedding_dim
         unknown = [n for n in user_feature_names if n not in names]
         if unknown:
             raise ValueError(f"user_feature_names {unknown} are not fields of the model; known fields: {names}")
@@ -137,11 +129,6 @@ class IARM(nn.Module):
         """``B x in_features`` -> ``B`` logits (Eq. 12 before the sigmoid)."""
         return OutputArch(in_features)
 
-    @property
-    def field_names(self) -> List[str]:
-        """The ``M`` field names, in the order of the attention maps' axes."""
-        return self.embedding_arch.field_names
-
     def _logits(self, fields: torch.Tensor, interacted: torch.Tensor) -> torch.Tensor:
         parts = [interacted.flatten(1)]  # B x M H d'
         if self.interest_arch is not None:
@@ -170,14 +157,6 @@ class IARM(nn.Module):
         return self._logits(fields, interacted), attention
 
 
-class IARMTrain(CTRTrain):
-    """:class:`CTRTrain` around an :class:`IARM`: ``forward(batch) -> (loss, (loss, logits, labels))``
-    with Eq. 13's log loss, detached as ``DLRMTrain`` does."""
-
-    def __init__(self, iarm_module: IARM) -> None:
-        super().__init__(iarm_module)
-
-
 @dataclass
 class IARMConfig(ModelConfig):
     """Everything needed to rebuild an IARM: its fields and its arch settings.
@@ -203,18 +182,6 @@ class IARMConfig(ModelConfig):
     use_interest: bool = True
     use_attention: bool = True
     use_residual: bool = True
-
-    def validate(self) -> None:
-        if self.num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {self.num_layers}")
-        if self.num_heads <= 0 or self.head_dim <= 0:
-            raise ValueError(f"num_heads and head_dim must be positive, got {self.num_heads}, {self.head_dim}")
-        if not self.use_attention and not self.use_residual and self.num_layers > 0:
-            raise ValueError("use_attention=False with use_residual=False leaves the layers empty: use num_layers=0")
-        if self.use_interest and not self.features.user_feature_names:
-            raise ValueError("use_interest=True needs features.user_feature_names (or set use_interest=False)")
-        if not self.interest_layer_sizes or any(s <= 0 for s in self.interest_layer_sizes):
-            raise ValueError(f"interest_layer_sizes must be positive sizes, got {self.interest_layer_sizes}")
 
     def model_arguments(self, device: Optional[torch.device]) -> Dict[str, Any]:
         """The shared arguments plus the user fields of Eq. 5."""

@@ -7,60 +7,46 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
 from iarm_torchrec.models.config import DeepModelConfig
+from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES, DeepArch
 from iarm_torchrec.modules.factorization import BiInteraction
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
-from iarm_torchrec.modules.linear import FirstOrderArch
 
 
-class NFM(nn.Module):
+class NFM(FirstOrderModel):
     """``y = w_0 + sum_i w_i x_i + h^T MLP(f_BI)``, ``f_BI = sum_{i<j} v_i (*) v_j`` (paper Eq. 2-7).
 
     The bi-interaction pooling (:class:`BiInteraction`) turns the ``B x M x D`` field vectors
     into one ``B x D`` vector; :class:`DeepArch` stacks the hidden layers and the prediction
     weights ``h``. The paper's dropout and batch normalisation are left out, as everywhere here.
 
-    Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
-        deep_layer_sizes: the hidden ReLU layers above the bi-interaction pooling.
-        linear_embedding_bag_collection: the first-order weight tables (``embedding_dim=1``);
-            by default one per table of ``embedding_bag_collection``, on its device.
-
     Example::
 
-        >>> from torchrec import EmbeddingBagConfig
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> NFM(ebc, dense_in_features=2, deep_layer_sizes=[16])(torch.rand(2, 2), kjt).shape
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> NFM(ebc, dense_in_features=2, deep_layer_sizes=[16])(dense, kjt).shape
         torch.Size([2])
+
+    Args:
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
+        deep_layer_sizes: the hidden ReLU layers above the bi-interaction pooling.
+        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        self.first_order_arch: FirstOrderArch = FirstOrderArch.for_fields(
-            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection
-        )
+        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
         self.interaction: BiInteraction = BiInteraction()
-        self.deep_arch: DeepArch = DeepArch(self.embedding_arch.embedding_dim, deep_layer_sizes)
+        self.deep_arch: DeepArch = DeepArch(self.embedding_dim, deep_layer_sizes)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""

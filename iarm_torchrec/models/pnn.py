@@ -7,11 +7,13 @@ import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import DeepModelConfig, check_choice
+from iarm_torchrec.models.config import DeepModelConfig
+from iarm_torchrec.models.field_model import FieldModel, FieldOptions
+from iarm_torchrec.modules.checks import check_choice
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES, DeepArch
 from iarm_torchrec.modules.factorization import PairwiseProduct
-from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
 
 PRODUCTS = ("inner", "outer")
 
@@ -63,7 +65,7 @@ class OuterProductArch(nn.Module):
         return (summed.unsqueeze(2) * summed.unsqueeze(1)).flatten(1)
 
 
-class PNN(nn.Module):
+class PNN(FieldModel):
     """``y = MLP([z; p])``: the linear signal ``z = [v_1; ...; v_M]`` and a product signal ``p``.
 
     The paper's product layer ``l_1 = ReLU(W_z (.) z + W_p (.) p + b_1)`` is a linear map of the
@@ -71,41 +73,31 @@ class PNN(nn.Module):
     the further hidden layers and the output follow. ``product`` picks ``p``:
     ``"inner"`` (IPNN, :class:`InnerProductArch`) or ``"outer"`` (OPNN, :class:`OuterProductArch`).
 
-    Args:
-        embedding_bag_collection: one ``D``-dim table per categorical field.
-        dense_in_features: ``N``, the number of numerical fields.
-        dense_feature_names: their names (default ``dense_i``).
-        multi_hot_feature_names: multi-valued fields (tables pooled by ``MEAN``).
-        deep_layer_sizes: the ReLU layers, the first being the product layer ``l_1``.
-        product: ``"inner"`` or ``"outer"``.
-
     Example::
 
-        >>> from torchrec import EmbeddingBagConfig
-        >>> ebc = EmbeddingBagCollection(tables=[
-        ...     EmbeddingBagConfig(name=f"t_{f}", embedding_dim=8, num_embeddings=10, feature_names=[f])
-        ...     for f in ["user", "item"]])
-        >>> kjt = KeyedJaggedTensor.from_lengths_sync(
-        ...     keys=["user", "item"], values=torch.tensor([1, 2, 3, 4]), lengths=torch.tensor([1, 1, 1, 1]))
-        >>> PNN(ebc, dense_in_features=2, deep_layer_sizes=[16], product="outer")(torch.rand(2, 2), kjt).shape
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> PNN(ebc, dense_in_features=2, deep_layer_sizes=[16], product="outer")(dense, kjt).shape
         torch.Size([2])
+
+    Args:
+        embedding_bag_collection / dense_in_features / dense_feature_names /
+            multi_hot_feature_names: the field inputs (:class:`FieldModel`).
+        deep_layer_sizes: the ReLU layers, the first being the product layer ``l_1``.
+        product: ``"inner"`` or ``"outer"``.
     """
 
     def __init__(
         self,
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
-        dense_feature_names: Sequence[str] = (),
-        multi_hot_feature_names: Sequence[str] = (),
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
         product: str = "inner",
+        **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__()
+        super().__init__(embedding_bag_collection, dense_in_features, **fields)
         check_choice("product", product, PRODUCTS)
-        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
-            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
-        )
-        num_fields, dim = self.embedding_arch.num_fields, self.embedding_arch.embedding_dim
+        num_fields, dim = self.num_fields, self.embedding_dim
         self.product_arch: nn.Module = InnerProductArch(num_fields) if product == "inner" else OuterProductArch(dim)
         self.deep_arch: DeepArch = DeepArch(num_fields * dim + self.product_arch.output_dim, deep_layer_sizes)
 
@@ -123,6 +115,3 @@ class PNNConfig(DeepModelConfig):
 
     product: str = "inner"
 
-    def validate(self) -> None:
-        super().validate()
-        check_choice("product", self.product, PRODUCTS)

@@ -6,6 +6,7 @@ import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from iarm_torchrec.modules.checks import check_layer_sizes
 from iarm_torchrec.modules.output import OutputArch
 
 DEFAULT_DEEP_LAYER_SIZES: List[int] = [400, 400, 400]
@@ -30,8 +31,7 @@ class DeepArch(nn.Module):
 
     def __init__(self, in_features: int, layer_sizes: Sequence[int]) -> None:
         super().__init__()
-        if not layer_sizes or any(s <= 0 for s in layer_sizes):
-            raise ValueError(f"deep layer_sizes must be one or more positive sizes, got {list(layer_sizes)}")
+        check_layer_sizes("deep_layer_sizes", layer_sizes)
         self.mlp: MLP = MLP(in_features, list(layer_sizes), bias=True, activation="relu")
         self.output_arch: OutputArch = OutputArch(layer_sizes[-1])
 

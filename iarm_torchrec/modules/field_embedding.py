@@ -80,9 +80,10 @@ class FieldEmbeddingArch(nn.Module):
                     f"multi-hot field {name!r} is pooled by {pooling[name].name}, but the paper (Eq. 3) "
                     f"averages a multi-valued field's vectors: build its table with pooling=PoolingType.MEAN"
                 )
-        duplicates = set(sparse_names) & set(dense_names)
-        if len(set(sparse_names)) != len(sparse_names) or duplicates:
-            raise ValueError(f"field names must be unique across sparse and dense fields; repeated: {duplicates}")
+        names = sparse_names + dense_names
+        repeated = sorted({n for n in names if names.count(n) > 1})
+        if repeated:
+            raise ValueError(f"field names must be unique across sparse and dense fields; repeated: {repeated}")
 
         self.embedding_bag_collection: EmbeddingBagCollection = embedding_bag_collection
         self.embedding_dim: int = configs[0].embedding_dim

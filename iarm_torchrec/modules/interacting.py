@@ -7,6 +7,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iarm_torchrec.kernels.field_attention import field_attention, kernel_applies
+from iarm_torchrec.modules.checks import check_non_negative, check_positive
 
 
 def head_views(qkv: torch.Tensor, num_heads: int, head_dim: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -102,10 +103,7 @@ class InteractingLayer(nn.Module):
         use_residual: bool = True,
     ) -> None:
         super().__init__()
-        if in_dim <= 0 or num_heads <= 0 or head_dim <= 0:
-            raise ValueError(
-                f"in_dim, num_heads and head_dim must be positive, got {in_dim}, {num_heads}, {head_dim}"
-            )
+        check_positive(in_dim=in_dim, num_heads=num_heads, head_dim=head_dim)
         if not (use_attention or use_residual):
             raise ValueError(
                 "an interacting layer without attention and without residual computes nothing: "
@@ -186,8 +184,7 @@ class InteractingArch(nn.Module):
         use_residual: bool = True,
     ) -> None:
         super().__init__()
-        if num_layers < 0:
-            raise ValueError(f"num_layers must be >= 0, got {num_layers}")
+        check_non_negative(num_layers=num_layers)
         dims = [in_dim] + [num_heads * head_dim] * num_layers
         self.layers: nn.ModuleList = nn.ModuleList(
             InteractingLayer(dims[i], num_heads, head_dim, use_attention, use_residual)

@@ -6,6 +6,8 @@ import torch
 from torch import nn
 from torchrec.modules.mlp import MLP
 
+from iarm_torchrec.modules.checks import check_layer_sizes
+
 
 class InterestArch(nn.Module):
     """The user's interest expression ``U`` from the embeddings of the user fields.
@@ -27,8 +29,7 @@ class InterestArch(nn.Module):
 
     def __init__(self, in_features: int, layer_sizes: Sequence[int]) -> None:
         super().__init__()
-        if not layer_sizes or any(s <= 0 for s in layer_sizes):
-            raise ValueError(f"interest layer_sizes must be positive sizes, got {list(layer_sizes)}")
+        check_layer_sizes("interest_layer_sizes", layer_sizes)
         self.output_dim: int = layer_sizes[-1]
         self.mlp: MLP = MLP(in_features, list(layer_sizes), bias=True, activation="relu")
 

@@ -4,11 +4,24 @@ A run is described by :class:`TrainSettings`: defaults, then an optional JSON fi
 (``--config FILE``), then command-line flags, later ones winning. The run folder keeps the
 effective settings as ``settings.json`` so a run can always be repeated or resumed exactly.
 
+Settings reach the model in one way: ``model`` names a registered model and ``model_config``
+holds that model's own settings, checked by the model's config class through the registry
+(:func:`~iarm_torchrec.models.registry.check_model_settings`) and stored complete (defaults
+filled in). ``--model-config`` takes them as JSON or a JSON file; convenience flags such as
+``--num-layers`` or ``--no-interest`` map onto the same keys and are refused, naming the flag,
+for a model that lacks them.
+
 Example::
 
     >>> s = TrainSettings.from_args(["--epochs", "2", "--interest-layers", "64,32", "--no-residual"])
-    >>> s.epochs, s.interest_layers, s.use_residual, s.sparse_optimizer
-    (2, [64, 32], False, 'rowwise_adagrad')
+    >>> s.epochs, s.model_config["interest_layer_sizes"], s.model_config["use_residual"]
+    (2, [64, 32], False)
+    >>> TrainSettings.from_args(["--model", "dcn", "--model-config", '{"num_cross_layers": 2}']).model_config
+    {'deep_layer_sizes': [400, 400, 400], 'num_cross_layers': 2, 'cross_type': 'vector'}
+    >>> TrainSettings.from_args(["--model", "fm", "--num-layers", "5"])
+    Traceback (most recent call last):
+    ...
+    ValueError: --num-layers does not apply to model 'fm': fm takes no settings of its own
     >>> TrainSettings(batch_size=0)
     Traceback (most recent call last):
     ...
@@ -18,15 +31,33 @@ Example::
 import argparse
 import json
 import os
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
-DATASETS = ("synthetic", "criteo", "avazu", "movielens-1m")
+from iarm_torchrec.data.preprocess import DATASETS as RAW_DATASETS
+from iarm_torchrec.files import PathLike, atomic_write_json
+from iarm_torchrec.models.registry import MODEL_NAMES, check_model_settings, config_class, describe_settings
+from iarm_torchrec.modules.checks import check_choice
+
+DATASETS = ("synthetic", *RAW_DATASETS)
+"""What ``--dataset`` takes: the generated dataset and every raw format :mod:`iarm_torchrec.data` reads."""
 DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 SETTINGS_FILE = "settings.json"
+
+MODEL_FLAGS: Dict[str, str] = {
+    "num_layers": "--num-layers",
+    "num_heads": "--num-heads",
+    "head_dim": "--head-dim",
+    "interest_layer_sizes": "--interest-layers",
+    "deep_layer_sizes": "--deep-layers",
+    "use_interest": "--no-interest",
+    "use_attention": "--no-attention",
+    "use_residual": "--no-residual",
+}
+"""Convenience flags, by the model setting they set (each model takes those its config knows)."""
 
 
 @dataclass
@@ -40,9 +71,10 @@ class TrainSettings:
         cache_dir: where preprocessed data is cached (default: :attr:`cache_root`).
         out: the run folder (settings, checkpoints, metrics, TensorBoard logs).
         model: a registered model name (:mod:`iarm_torchrec.models.registry`).
-        embedding_dim / num_layers / num_heads / head_dim / interest_layers /
-            use_interest / use_attention / use_residual: model settings (each model takes
-            those its config knows).
+        model_config: that model's own settings (its config class's fields, e.g. IARM's
+            ``num_layers``, DCN's ``num_cross_layers``); missing ones take the model's
+            defaults, unknown ones are refused.
+        embedding_dim: ``D``, the size of every field's embedding (all models).
         batch_size: the GLOBAL batch, split evenly over the ranks, so any world size sees
             the same batches.
         epochs: passes over the training split.
@@ -68,14 +100,8 @@ class TrainSettings:
     cache_dir: Optional[str] = None
     out: str = "runs/iarm"
     model: str = "iarm"
+    model_config: Dict[str, Any] = field(default_factory=dict)
     embedding_dim: int = 16
-    num_layers: int = 3
-    num_heads: int = 2
-    head_dim: int = 32
-    interest_layers: List[int] = field(default_factory=lambda: [256, 128, 64, 32])
-    use_interest: bool = True
-    use_attention: bool = True
-    use_residual: bool = True
     batch_size: int = 1024
     epochs: int = 3
     dense_optimizer: str = "adam"
@@ -95,17 +121,17 @@ class TrainSettings:
     max_steps_per_epoch: int = 0
 
     def __post_init__(self) -> None:
-        self.interest_layers = _int_list(self.interest_layers, "interest_layers")
-        _choice("dataset", self.dataset, DATASETS)
-        _choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
-        _choice("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
-        _choice("device", self.device, DEVICES)
+        check_choice("dataset", self.dataset, DATASETS)
+        check_choice("model", self.model, MODEL_NAMES)
+        check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
+        check_choice("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
+        check_choice("device", self.device, DEVICES)
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive global batch size, got {self.batch_size}")
-        for name in ("embedding_dim", "num_heads", "head_dim", "epochs", "synthetic_rows"):
+        for name in ("embedding_dim", "epochs", "synthetic_rows"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        for name in ("num_layers", "checkpoint_every", "early_stopping_patience", "max_steps_per_epoch"):
+        for name in ("checkpoint_every", "early_stopping_patience", "max_steps_per_epoch"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
         for name in ("lr", "sparse_lr"):
@@ -119,6 +145,9 @@ class TrainSettings:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
         if self.dataset != "synthetic" and not self.data_dir:
             raise ValueError(f"dataset {self.dataset!r} needs --data-dir, the raw data's file or folder")
+        if not isinstance(self.model_config, dict):
+            raise ValueError(f"model_config must be a JSON object of {self.model}'s settings, got {self.model_config!r}")
+        self.model_config = check_model_settings(self.model, self.model_config, self.embedding_dim)
 
     @property
     def cache_root(self) -> Path:
@@ -134,17 +163,10 @@ class TrainSettings:
             return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iarm_torchrec"
         return base / ".iarm-cache"
 
-    def model_settings(self) -> Dict[str, Any]:
-        """Model keyword settings under the registry's names (each model takes those it knows)."""
-        return {
-            "interest_layer_sizes": list(self.interest_layers),
-            "num_layers": self.num_layers,
-            "num_heads": self.num_heads,
-            "head_dim": self.head_dim,
-            "use_interest": self.use_interest,
-            "use_attention": self.use_attention,
-            "use_residual": self.use_residual,
-        }
+    def with_model(self, model: str, model_config: Optional[Dict[str, Any]] = None, **changes: Any) -> "TrainSettings":
+        """These settings for ``model`` with ``model_config`` (that model's own settings; its
+        defaults where absent), validated anew."""
+        return replace(self, model=model, model_config=dict(model_config or {}), **changes)
 
     def preprocess_options(self) -> Dict[str, Any]:
         """The preprocessing options that were given (``None`` ones are left to the defaults)."""
@@ -159,24 +181,22 @@ class TrainSettings:
     def to_dict(self) -> Dict[str, Any]:
         return asdict(self)
 
-    def save(self, run_dir: "os.PathLike[str] | str") -> Path:
+    def save(self, run_dir: PathLike) -> Path:
         """Write ``run_dir/settings.json`` atomically."""
-        path = Path(run_dir) / SETTINGS_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(Path(run_dir) / SETTINGS_FILE, self.to_dict())
 
     @classmethod
     def from_dict(cls, data: Dict[str, Any], source: str = "settings") -> "TrainSettings":
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
-            raise ValueError(f"{source}: unknown setting(s) {unknown}; known settings: {sorted(known)}")
+            moved = [k for k in unknown if k in MODEL_FLAGS or k == "interest_layers"]
+            hint = f" ({moved} are model settings now: put them under \"model_config\")" if moved else ""
+            raise ValueError(f"{source}: unknown setting(s) {unknown}{hint}; known settings: {sorted(known)}")
         return cls(**data)
 
     @classmethod
-    def from_file(cls, path: "os.PathLike[str] | str") -> "TrainSettings":
+    def from_file(cls, path: PathLike) -> "TrainSettings":
         try:
             data = json.loads(Path(path).read_text())
         except json.JSONDecodeError as error:
@@ -194,12 +214,51 @@ class TrainSettings:
 
     @classmethod
     def from_namespace(cls, args: argparse.Namespace) -> "TrainSettings":
-        data: Dict[str, Any] = cls.from_file(args.config).to_dict() if args.config else {}
-        data.update({k: v for k, v in vars(args).items() if k in _FIELD_NAMES and v is not None})
+        """Settings from parsed ``iarm train`` flags: ``--config``'s, then the flags given; the
+        model's settings from the config file (when it names the same model), then
+        ``--model-config``, then the convenience flags."""
+        data: Dict[str, Any] = {}
+        if args.config:
+            data = cls.from_file(args.config).to_dict()
+        given = {k: v for k, v in vars(args).items() if k in _FIELD_NAMES and v is not None}
+        model = given.get("model", data.get("model", cls.model))
+        model_config: Dict[str, Any] = {}
+        if data and data["model"] == model:
+            model_config.update(data["model_config"])
+        model_config.update(parse_model_config(args.model_config) if args.model_config else {})
+        model_config.update(model_flags(args, model))
+        data.update(given)
+        data.update(model=model, model_config=model_config)
         return cls.from_dict(data)
 
 
-_FIELD_NAMES = {f.name for f in fields(TrainSettings)}
+_FIELD_NAMES = {f.name for f in fields(TrainSettings)} - {"model_config"}
+
+
+def parse_model_config(text: str) -> Dict[str, Any]:
+    """``--model-config``: a JSON object, or the path of a JSON file holding one."""
+    source = "--model-config"
+    if Path(text).is_file():
+        source, text = text, Path(text).read_text()
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as error:
+        if source == "--model-config" and not text.lstrip().startswith("{"):
+            raise ValueError(f"--model-config {text!r} is neither a JSON object nor a file") from None
+        raise ValueError(f"{source}: not valid JSON (line {error.lineno}: {error.msg})") from None
+    if not isinstance(value, dict):
+        raise ValueError(f"{source}: expected a JSON object of model settings, got {type(value).__name__}")
+    return value
+
+
+def model_flags(args: argparse.Namespace, model: str) -> Dict[str, Any]:
+    """The model settings given by convenience flags; a flag the model lacks is refused."""
+    takes = config_class(model).setting_defaults()
+    given = {key: getattr(args, key) for key in MODEL_FLAGS if getattr(args, key, None) is not None}
+    for key in given:
+        if key not in takes:
+            raise ValueError(f"{MODEL_FLAGS[key]} does not apply to model {model!r}: {describe_settings(model)}")
+    return given
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -216,16 +275,22 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-ratio", type=float, help="share of rows held out for testing")
     g.add_argument("--valid-ratio", type=float, help="share of rows held out for validation")
     g.add_argument("--synthetic-rows", type=int, help=f"rows of the synthetic dataset (default {d.synthetic_rows})")
-    g = parser.add_argument_group("model")
-    g.add_argument("--model", help=f"registered model name (default {d.model})")
-    g.add_argument("--embedding-dim", type=int, help=f"D (default {d.embedding_dim})")
-    g.add_argument("--num-layers", type=int, help=f"interacting layers (default {d.num_layers})")
-    g.add_argument("--num-heads", type=int, help=f"attention heads H (default {d.num_heads})")
-    g.add_argument("--head-dim", type=int, help=f"d' per head (default {d.head_dim})")
-    g.add_argument("--interest-layers", type=_comma_ints, help="interest MLP sizes, e.g. 256,128,64,32")
-    g.add_argument("--no-interest", dest="use_interest", action="store_const", const=False, help="IARM*: no interest arch")
-    g.add_argument("--no-attention", dest="use_attention", action="store_const", const=False, help="IRM: no attention")
-    g.add_argument("--no-residual", dest="use_residual", action="store_const", const=False, help="IARM-: no residual")
+    g = parser.add_argument_group("model (each model takes the settings its config knows; see --model-config)")
+    g.add_argument("--model", choices=MODEL_NAMES, help=f"registered model name (default {d.model})")
+    g.add_argument(
+        "--model-config",
+        help="the model's own settings as JSON or a JSON file, e.g. '{\"num_cross_layers\": 2}' for dcn; "
+        + "; ".join(describe_settings(name) for name in MODEL_NAMES),
+    )
+    g.add_argument("--embedding-dim", type=int, help=f"D, every model (default {d.embedding_dim})")
+    g.add_argument("--num-layers", type=int, help="iarm, autoint: interacting layers")
+    g.add_argument("--num-heads", type=int, help="iarm, autoint: attention heads H")
+    g.add_argument("--head-dim", type=int, help="iarm, autoint: d' per head")
+    g.add_argument("--interest-layers", dest="interest_layer_sizes", type=_comma_ints, help="iarm: interest MLP sizes, e.g. 256,128,64,32")
+    g.add_argument("--deep-layers", dest="deep_layer_sizes", type=_comma_ints, help="wide_deep, deepfm, nfm, pnn, dcn: deep tower sizes, e.g. 400,400,400")
+    g.add_argument("--no-interest", dest="use_interest", action="store_const", const=False, help="iarm: IARM*, no interest arch")
+    g.add_argument("--no-attention", dest="use_attention", action="store_const", const=False, help="iarm: IRM, no attention")
+    g.add_argument("--no-residual", dest="use_residual", action="store_const", const=False, help="iarm, autoint: IARM-, no residual")
     g = parser.add_argument_group("training")
     g.add_argument("--out", help=f"run folder (default {d.out})")
     g.add_argument("--batch-size", type=int, help=f"GLOBAL batch, split evenly over the ranks (default {d.batch_size})")
@@ -253,18 +318,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", choices=DEVICES, help=f"(default {d.device})")
     g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs; default: whole epochs)")
-
-
-def _choice(name: str, value: str, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {list(allowed)}, got {value!r}")
-
-
-def _int_list(value: Any, name: str) -> List[int]:
-    items = _comma_ints(value) if isinstance(value, str) else list(value)
-    if not items or any(not isinstance(i, int) or i <= 0 for i in items):
-        raise ValueError(f"{name} must be positive layer sizes such as 256,128,64,32, got {value!r}")
-    return items
 
 
 def _comma_ints(text: str) -> List[int]:

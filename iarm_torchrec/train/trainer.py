@@ -20,7 +20,6 @@ Fault injection for tests: with ``IARM_FAIL_AT_STEP=k`` in the environment, rank
 (a marker file keeps the restarted job from failing again).
 """
 
-import dataclasses
 import itertools
 import json
 import logging
@@ -39,7 +38,7 @@ from tqdm import tqdm
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.models.ctr_train import CTRTrain
-from iarm_torchrec.models.registry import MODEL_CONFIGS, make_config, model_config_dict
+from iarm_torchrec.models.registry import make_config, model_config_dict
 from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager, Progress, checkpoint_name
 from iarm_torchrec.train.dataset import GlobalBatchLoader, ground_truth_file, prepare_data
 from iarm_torchrec.train.distributed import DistEnv
@@ -52,12 +51,6 @@ logger = logging.getLogger(__name__)
 
 FAIL_AT_STEP_ENV = "IARM_FAIL_AT_STEP"
 _FAIL_MARKER = ".iarm-fail-injected"
-
-
-def model_settings_for(name: str, settings: TrainSettings) -> Dict[str, Any]:
-    """The model settings that model ``name``'s config takes."""
-    accepted = {f.name for f in dataclasses.fields(MODEL_CONFIGS[name])} if name in MODEL_CONFIGS else set()
-    return {k: v for k, v in settings.model_settings().items() if k in accepted}
 
 
 class Trainer:
@@ -77,7 +70,7 @@ class Trainer:
         self.data_dir = prepare_data(settings, env)
         self.spec = FeatureSpec.load(self.data_dir)
         features = self.spec.to_feature_config(settings.embedding_dim)
-        self.model_config = make_config(settings.model, features, **model_settings_for(settings.model, settings))
+        self.model_config = make_config(settings.model, features, **settings.model_config)
         if env.is_main:
             (self.run_dir / MODEL_FILE).write_text(json.dumps(model_config_dict(self.model_config), indent=2) + "\n")
             shutil.copyfile(self.data_dir / SPEC_FILE, self.run_dir / SPEC_FILE)

@@ -1,0 +1,102 @@
+"""What every model here starts from: the fields as a ``B x M x D`` matrix (paper Eq. 2-4).
+
+Every model takes the same field inputs (the ``EmbeddingBagCollection`` and the numerical
+fields) and puts the same :class:`FieldEmbeddingArch` in front, so that IARM and its
+baselines compare on the same inputs. :class:`FieldModel` holds that front;
+:class:`FirstOrderModel` adds the first-order weights of the FM family.
+"""
+
+from typing import List, Optional, Sequence, TypedDict
+
+from torch import nn
+from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from typing_extensions import Unpack
+
+from iarm_torchrec.modules.field_embedding import FieldEmbeddingArch
+from iarm_torchrec.modules.linear import FirstOrderArch
+
+
+class FieldOptions(TypedDict, total=False):
+    """The optional field inputs every model passes on to :class:`FieldModel` (``**fields``)."""
+
+    dense_feature_names: Sequence[str]
+    multi_hot_feature_names: Sequence[str]
+
+
+class FieldModel(nn.Module):
+    """Base of the CTR models: builds ``self.embedding_arch`` from the field inputs.
+
+    A subclass adds its arches and a ``forward(dense_features, sparse_features) -> B logits``
+    that starts with ``self.embedding_arch(dense_features, sparse_features)`` (``B x M x D``).
+
+    Args:
+        embedding_bag_collection: one ``D``-dim table per categorical field, all of one
+            ``embedding_dim`` (may be on ``meta``; fields are found by name).
+        dense_in_features: ``N``, the number of numerical fields.
+        dense_feature_names: their names (default ``dense_i``).
+        multi_hot_feature_names: multi-valued fields; their tables pool by ``MEAN`` (Eq. 3).
+
+    Example::
+
+        >>> from iarm_torchrec.models.toy import toy_inputs
+        >>> ebc, dense, kjt = toy_inputs()
+        >>> model = FieldModel(ebc, dense_in_features=2)
+        >>> model.num_fields, model.embedding_dim, model.flat_dim, model.field_names
+        (4, 8, 32, ['user', 'item', 'dense_0', 'dense_1'])
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        dense_feature_names: Sequence[str] = (),
+        multi_hot_feature_names: Sequence[str] = (),
+    ) -> None:
+        super().__init__()
+        self.embedding_arch: FieldEmbeddingArch = FieldEmbeddingArch(
+            embedding_bag_collection, dense_in_features, dense_feature_names, multi_hot_feature_names
+        )
+
+    @property
+    def field_names(self) -> List[str]:
+        """The ``M`` field names, in the order of the field matrix's second axis."""
+        return self.embedding_arch.field_names
+
+    @property
+    def num_fields(self) -> int:
+        """``M``."""
+        return self.embedding_arch.num_fields
+
+    @property
+    def embedding_dim(self) -> int:
+        """``D``."""
+        return self.embedding_arch.embedding_dim
+
+    @property
+    def flat_dim(self) -> int:
+        """``M D``, the width of the flattened field matrix ``[v_1; ...; v_M]``."""
+        return self.num_fields * self.embedding_dim
+
+
+class FirstOrderModel(FieldModel):
+    """:class:`FieldModel` plus ``self.first_order_arch``, the per-value weights
+    ``w_0 + sum_i w_i x_i`` of FM, Wide & Deep, DeepFM, AFM and NFM.
+
+    Args:
+        embedding_bag_collection / dense_in_features / fields: the field inputs, as for
+            :class:`FieldModel`.
+        linear_embedding_bag_collection: the first-order weight tables (``embedding_dim=1``);
+            by default one per table of ``embedding_bag_collection``, on its device.
+    """
+
+    def __init__(
+        self,
+        embedding_bag_collection: EmbeddingBagCollection,
+        dense_in_features: int,
+        linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        **fields: Unpack[FieldOptions],
+    ) -> None:
+        super().__init__(embedding_bag_collection, dense_in_features, **fields)
+        self.first_order_arch: FirstOrderArch = FirstOrderArch.for_fields(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection
+        )
