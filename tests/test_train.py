@@ -8,6 +8,7 @@
 * models with 1-wide first-order tables (FM family) train, those tables data-parallel.
 """
 
+import json
 from pathlib import Path
 from typing import Any, Dict
 
@@ -73,10 +74,11 @@ def test_killed_rank_resumes_to_the_uninterrupted_metrics(base: Path, data_dir: 
         world_size=2,
         max_restarts=1,
         extra=["--checkpoint-every", "10", "--resume"],
-        env=run_env(IARM_FAIL_AT_STEP="45"),
+        env=run_env(FAIL_AT_STEP="45"),
+        module="failing_train",
     )
     log = out.with_name(out.name + ".log").read_text()
-    assert "IARM_FAIL_AT_STEP=45: rank 1 exits on purpose" in log
+    assert "FAIL_AT_STEP=45: rank 1 exits on purpose" in log
     assert "resumed from" in log and "step-00000040 (epoch 1, batch 9, step 40)" in log
     _same_metrics(killed, two_ranks, tol=1e-5)
 
@@ -99,5 +101,20 @@ def test_first_order_tables_train_data_parallel_beside_fused_tables(base: Path, 
     assert constraints["t_a_linear"].compute_kernels == ["dense"]
     assert "data_parallel" not in constraints["t_a"].sharding_types
     assert "row_wise" not in constraints["t_g"].sharding_types  # MEAN-pooled
-    m = train_run(data_dir, base / "runs" / "deepfm", world_size=2, extra=["--model", "deepfm", "--epochs", "1"])
+    m = train_run(data_dir, base / "runs" / "deepfm", world_size=2, extra=["--model", "deepfm", "--epochs", "1"],
+                  iarm_flags=False)
     assert m["test_auc"] > 0.6
+
+
+def test_a_baselines_own_settings_reach_it_from_the_command_line(base: Path, data_dir: Path) -> None:
+    """``iarm train --model dcn --model-config '{"num_cross_layers": 2}'`` trains a 2-layer DCN,
+    and the run folder's model.json says so."""
+    out = base / "runs" / "dcn2"
+    extra = ["--model", "dcn", "--model-config", '{"num_cross_layers": 2, "deep_layer_sizes": [16]}',
+             "--epochs", "1", "--max-steps-per-epoch", "5"]
+    m = train_run(data_dir, out, extra=extra, iarm_flags=False)
+    model = json.loads((out / "model.json").read_text())
+    assert model["model"] == "dcn" and model["config"]["num_cross_layers"] == 2
+    assert json.loads((out / "settings.json").read_text())["model_config"] == {
+        "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector"}
+    assert 0 < m["test_auc"] < 1

@@ -23,19 +23,20 @@ SMALL_RUN: List[str] = [
     "--batch-size", "512",
     "--epochs", "2",
     "--embedding-dim", "8",
-    "--interest-layers", "32,16",
-    "--num-layers", "1",
-    "--num-heads", "2",
-    "--head-dim", "8",
     "--lr", "0.003",
     "--sparse-lr", "0.05",
     "--early-stopping-patience", "0",
     "--device", "cpu",
 ]  # fmt: skip
+SMALL_IARM: List[str] = ["--interest-layers", "32,16", "--num-layers", "1", "--num-heads", "2", "--head-dim", "8"]
+"""The small IARM's settings, added to the runs of IARM."""
+
+TESTS_DIR = Path(__file__).resolve().parent
 
 
 def run_env(**extra: str) -> Dict[str, str]:
-    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_DEVICE_TRANSPORT="TCP", **extra)
+    path = os.pathsep.join(p for p in (str(TESTS_DIR), os.environ.get("PYTHONPATH", "")) if p)
+    env = dict(os.environ, OMP_NUM_THREADS="1", GLOO_DEVICE_TRANSPORT="TCP", PYTHONPATH=path, **extra)
     env.pop("RANK", None)
     env.pop("WORLD_SIZE", None)
     return env
@@ -49,21 +50,25 @@ def train_run(
     env: Optional[Dict[str, str]] = None,
     max_restarts: int = 0,
     timeout: float = 240,
+    module: str = "iarm_torchrec.train",
+    iarm_flags: bool = True,
 ) -> Dict[str, Any]:
     """Train (unless ``out`` already finished) and return its ``metrics.json``; the process
-    output is kept in ``out.log`` and shown when the run fails."""
+    output is kept in ``out.log`` and shown when the run fails. ``module`` is what each rank
+    runs with ``python -m`` (a harness from ``tests/`` such as ``failing_train``); ``iarm_flags``
+    adds :data:`SMALL_IARM` (leave it out for other models, which refuse IARM's flags)."""
     if (out / "metrics.json").is_file():
         return json.loads((out / "metrics.json").read_text())
-    args = ["--data-dir", str(data_dir), "--out", str(out), *SMALL_RUN, *extra]
+    args = ["--data-dir", str(data_dir), "--out", str(out), *SMALL_RUN, *(SMALL_IARM if iarm_flags else []), *extra]
     if world_size == 1 and not max_restarts:
-        command = [sys.executable, "-m", "iarm_torchrec.train", *args]
+        command = [sys.executable, "-m", module, *args]
     else:
         command = [
             sys.executable, "-m", "torch.distributed.run",
             "--nproc-per-node", str(world_size),
             "--max-restarts", str(max_restarts),
             "--master-port", str(free_port()),
-            "-m", "iarm_torchrec.train", *args,
+            "-m", module, *args,
         ]  # fmt: skip
     log = out.with_name(out.name + ".log")
     out.parent.mkdir(parents=True, exist_ok=True)

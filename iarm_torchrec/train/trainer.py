@@ -1,127 +1,82 @@
-"""The training run: one code path for one process and for N ranks under torchrun / TorchX.
+"""The training loop: one code path for one process and for N ranks under torchrun / TorchX.
 
-:func:`train` (``iarm train`` / ``python -m iarm_torchrec.train``) does, on every rank:
+:func:`train` (``iarm train`` / ``python -m iarm_torchrec.train``) builds the run on every rank
+(:func:`~iarm_torchrec.train.builder.build_run`: data, sharded model, loaders) and hands it to
+:class:`Trainer`, whose loop reads like TorchRec's own ``train_pipeline`` examples:
 
-1. joins the process group (:class:`~iarm_torchrec.train.distributed.DistEnv`);
-2. finds or makes the preprocessed data (rank 0 preprocesses, the others wait);
-3. builds the model from the feature spec on ``meta``, shards it with
-   ``DistributedModelParallel`` and a fused sparse optimizer
-   (:mod:`~iarm_torchrec.train.sharding`), and gives every table a seed-only initialisation;
-4. trains with ``TrainPipelineSparseDist`` on GLOBAL batches split over the ranks;
-5. after each epoch, evaluates AUC / log loss on the validation split over all ranks,
-   checkpoints (also every ``checkpoint_every`` steps), and stops early when the AUC has not
-   improved for ``early_stopping_patience`` epochs;
-6. reloads the best checkpoint and evaluates it on the test split.
+1. ``TrainPipelineSparseDist.progress`` over GLOBAL batches split over the ranks, until the
+   epoch ends;
+2. after each epoch, AUC / log loss on the validation split over all ranks, a checkpoint (also
+   every ``checkpoint_every`` steps), and early stopping when the AUC has not improved for
+   ``early_stopping_patience`` epochs;
+3. the best checkpoint reloaded and evaluated on the test split.
 
+After every step the loop calls the run's step callbacks (``callbacks``) with the trainer and
+the progress: a place for a user's logging or profiling, and for the tests' fault injection.
 The run folder's files are listed in :mod:`~iarm_torchrec.train.layout`.
-
-Fault injection for tests: with ``IARM_FAIL_AT_STEP=k`` in the environment, rank
-``min(1, world_size - 1)`` exits with status 1 right after step ``k``, once per run folder
-(a marker file keeps the restarted job from failing again).
 """
 
 import itertools
-import json
 import logging
 import os
-import shutil
 import sys
 import time
 from pathlib import Path
-from typing import Any, Dict, Iterator, Optional
+from typing import Any, Callable, Dict, Iterator, Sequence
 
 import torch
 import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
-from iarm_torchrec.data.loader import ShardedBatchLoader
-from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
-from iarm_torchrec.models.ctr_train import CTRTrain
-from iarm_torchrec.models.registry import make_config, model_config_dict
-from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager, Progress, checkpoint_name
-from iarm_torchrec.train.dataset import GlobalBatchLoader, ground_truth_file, prepare_data
+from iarm_torchrec.data.cache import ground_truth_file
+from iarm_torchrec.files import atomic_write_json, atomic_write_text
+from iarm_torchrec.train.builder import TrainingRun, build_run
+from iarm_torchrec.train.checkpoint import CheckpointError, Progress, checkpoint_name
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
-from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, RUN_FILE, SUMMARY_FILE, TENSORBOARD_DIR
+from iarm_torchrec.train.layout import METRICS_FILE, SUMMARY_FILE
 from iarm_torchrec.train.settings import TrainSettings
-from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
 
 logger = logging.getLogger(__name__)
 
-FAIL_AT_STEP_ENV = "IARM_FAIL_AT_STEP"
-_FAIL_MARKER = ".iarm-fail-injected"
+StepCallback = Callable[["Trainer", Progress], None]
+"""Called after every training step with the trainer and the progress so far."""
 
 
 class Trainer:
-    """One run, on this rank. Build with the settings and the process group, then :meth:`fit`."""
+    """Trains one :class:`~iarm_torchrec.train.builder.TrainingRun` on this rank: :meth:`fit`.
 
-    def __init__(self, settings: TrainSettings, env: DistEnv) -> None:
-        if settings.batch_size % env.world_size:
-            raise ValueError(
-                f"batch_size {settings.batch_size} (global) must split evenly over {env.world_size} ranks"
-            )
-        self.settings = settings
-        self.env = env
-        self.run_dir = Path(settings.out)
-        if env.is_main:
-            self.run_dir.mkdir(parents=True, exist_ok=True)
-            settings.save(self.run_dir)
-        self.data_dir = prepare_data(settings, env)
-        self.spec = FeatureSpec.load(self.data_dir)
-        features = self.spec.to_feature_config(settings.embedding_dim)
-        self.model_config = make_config(settings.model, features, **settings.model_config)
-        if env.is_main:
-            (self.run_dir / MODEL_FILE).write_text(json.dumps(model_config_dict(self.model_config), indent=2) + "\n")
-            shutil.copyfile(self.data_dir / SPEC_FILE, self.run_dir / SPEC_FILE)
-            _write_json(self.run_dir / RUN_FILE, {"data_dir": str(self.data_dir.resolve())})
+    Args:
+        run: what :func:`~iarm_torchrec.train.builder.build_run` made.
+        callbacks: called after every training step (see :data:`StepCallback`).
+    """
 
-        torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
-        model = CTRTrain(self.model_config.build(torch.device("meta")))
-        tables = table_configs(model)
-        sharded = shard_model(
-            model, env, settings.dense_optimizer, settings.lr, settings.sparse_optimizer, settings.sparse_lr
-        )
-        self.model = sharded.model
-        self.optimizer = sharded.optimizer
-        init_tables(self.model, tables, settings.seed)
-        if env.is_main:
-            logger.info("sharding plan:\n%s", sharded.plan)
-        self.pipeline: TrainPipelineSparseDist = TrainPipelineSparseDist(self.model, self.optimizer, env.device)
-
-        local_batch = settings.batch_size // env.world_size
-        common = dict(batch_size=local_batch, rank=env.rank, world_size=env.world_size)
-        self.train_loader = GlobalBatchLoader(
-            self.data_dir, "train", shuffle=True, seed=settings.seed, drop_last=True, **common
-        )
-        self.valid_loader = ShardedBatchLoader(self.data_dir, "valid", drop_last=False, **common)
-        self.test_loader = ShardedBatchLoader(self.data_dir, "test", drop_last=False, **common)
-        self.checkpoints = CheckpointManager(self.run_dir / CHECKPOINT_DIR, env)
-        self.writer = _tensorboard(self.run_dir) if env.is_main else None
+    def __init__(self, run: TrainingRun, callbacks: Sequence[StepCallback] = ()) -> None:
+        self.run = run
+        self.settings = run.settings
+        self.env = run.env
+        self.callbacks = list(callbacks)
+        self.pipeline: TrainPipelineSparseDist = TrainPipelineSparseDist(run.model, run.optimizer, run.env.device)
 
     @property
     def steps_per_epoch(self) -> int:
         limit = self.settings.max_steps_per_epoch
-        return min(len(self.train_loader), limit) if limit else len(self.train_loader)
+        return min(len(self.run.train_loader), limit) if limit else len(self.run.train_loader)
 
     def resume(self) -> Progress:
         """The progress to start from: a fresh one, or the checkpoint ``settings.resume`` names."""
         choice = self.settings.resume
-        if not choice:
-            if self.checkpoints.complete():
-                raise ValueError(
-                    f"{self.run_dir} already holds checkpoints of a run: pass --resume to continue it, "
-                    "or give another --out"
-                )
+        if not choice:  # a fresh start: build_run refused a folder that holds checkpoints
             return Progress()
-        path = self.checkpoints.latest() if choice == "latest" else Path(choice)
+        path = self.run.checkpoints.latest() if choice == "latest" else Path(choice)
         if path is None:
-            damaged = self.checkpoints.complete()
+            damaged = self.run.checkpoints.complete()
             if damaged:
-                raise CheckpointError(f"every checkpoint in {self.checkpoints.root} is damaged ({damaged[-1].name} ...)")
-            logger.info("no checkpoint in %s yet: starting afresh", self.checkpoints.root)
+                raise CheckpointError(f"every checkpoint in {self.run.checkpoints.root} is damaged ({damaged[-1].name} ...)")
+            logger.info("no checkpoint in %s yet: starting afresh", self.run.checkpoints.root)
             return Progress()
-        progress = self.checkpoints.load(path, self.model, self.optimizer)
+        progress = self.run.checkpoints.load(path, self.run.model, self.run.optimizer)
         logger.info("resumed from %s (epoch %d, batch %d, step %d)", path, progress.epoch, progress.batch, progress.step)
         return progress
 
@@ -136,9 +91,9 @@ class Trainer:
     def _train_epoch(self, progress: Progress) -> float:
         """Train the rest of ``progress.epoch``; returns the samples per second."""
         s, env = self.settings, self.env
-        self.model.train()
-        self.train_loader.set_epoch(progress.epoch, start_batch=progress.batch)
-        batches: Iterator[Any] = itertools.islice(iter(self.train_loader), max(self.steps_per_epoch - progress.batch, 0))
+        self.run.model.train()
+        self.run.train_loader.set_epoch(progress.epoch, start_batch=progress.batch)
+        batches: Iterator[Any] = itertools.islice(iter(self.run.train_loader), max(self.steps_per_epoch - progress.batch, 0))
         bar = tqdm(
             total=self.steps_per_epoch,
             initial=progress.batch,
@@ -163,13 +118,14 @@ class Trainer:
             if progress.step % 20 == 0 and env.is_main:
                 rate = (progress.step - start_step) * s.batch_size / (time.perf_counter() - start)
                 bar.set_postfix(loss=f"{loss.item():.4f}", samples_per_s=f"{rate:,.0f}")
-                if self.writer is not None:
-                    self.writer.add_scalar("train/loss", loss.item(), progress.step)
-                    self.writer.add_scalar("train/samples_per_s", rate, progress.step)
-            self._maybe_fail(progress.step)
+                if self.run.writer is not None:
+                    self.run.writer.add_scalar("train/loss", loss.item(), progress.step)
+                    self.run.writer.add_scalar("train/samples_per_s", rate, progress.step)
+            for callback in self.callbacks:
+                callback(self, progress)
             if s.checkpoint_every and progress.step % s.checkpoint_every == 0 and progress.batch < self.steps_per_epoch:
                 self._sync_loss(progress, local_loss)
-                self.checkpoints.save(self.model, self.optimizer, progress)
+                self.run.checkpoints.save(self.run.model, self.run.optimizer, progress)
         bar.close()
         self._sync_loss(progress, local_loss)
         elapsed = time.perf_counter() - start
@@ -184,7 +140,7 @@ class Trainer:
 
     def _end_epoch(self, progress: Progress, samples_per_s: float) -> None:
         s = self.settings
-        result = evaluate(self.pipeline, self.model, self.valid_loader, self.env)
+        result = evaluate(self.pipeline, self.run.model, self.run.valid_loader, self.env)
         improved = result.auc > progress.best_auc
         record = {
             "epoch": progress.epoch,
@@ -211,25 +167,25 @@ class Trainer:
                 "epoch %d: train loss %.5f, valid AUC %.5f, log loss %.5f%s",
                 record["epoch"], record["train_loss"], result.auc, result.logloss, " (best)" if improved else "",
             )
-            if self.writer is not None:
+            if self.run.writer is not None:
                 for key in ("train_loss", "valid_auc", "valid_logloss"):
-                    self.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
-        self.checkpoints.save(self.model, self.optimizer, progress)
+                    self.run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+        self.run.checkpoints.save(self.run.model, self.run.optimizer, progress)
 
     def _finish(self, progress: Progress) -> Dict[str, Any]:
         if progress.best_checkpoint is None:
             raise RuntimeError("no epoch finished, so there is no model to test: check --epochs")
-        best = self.checkpoints.root / progress.best_checkpoint
-        self.checkpoints.load(best, self.model)
-        test = evaluate(self.pipeline, self.model, self.test_loader, self.env)
+        best = self.run.checkpoints.root / progress.best_checkpoint
+        self.run.checkpoints.load(best, self.run.model)
+        test = evaluate(self.pipeline, self.run.model, self.run.test_loader, self.env)
         metrics = self._metrics(progress, test)
         if self.env.is_main:
-            _write_json(self.run_dir / METRICS_FILE, metrics)
-            (self.run_dir / SUMMARY_FILE).write_text(summary_text(metrics))
-            if self.writer is not None:
-                self.writer.add_scalar("test/auc", test.auc, progress.step)
-                self.writer.add_scalar("test/logloss", test.logloss, progress.step)
-                self.writer.close()
+            atomic_write_json(self.run.run_dir / METRICS_FILE, metrics)
+            atomic_write_text(self.run.run_dir / SUMMARY_FILE, summary_text(metrics))
+            if self.run.writer is not None:
+                self.run.writer.add_scalar("test/auc", test.auc, progress.step)
+                self.run.writer.add_scalar("test/logloss", test.logloss, progress.step)
+                self.run.writer.close()
             logger.info("test AUC %.5f, log loss %.5f (%s)", test.auc, test.logloss, best)
         return metrics
 
@@ -250,23 +206,13 @@ class Trainer:
             "test_logloss": test.logloss,
             "test_rows": test.rows,
         }
-        truth_file = ground_truth_file(self.data_dir)
+        truth_file = ground_truth_file(self.run.data_dir)
         if truth_file is not None:
             optimum = json.loads(truth_file.read_text())["bayes_optimal"]["test"]
             metrics["bayes_optimal_test_auc"] = optimum["auc"]
             metrics["bayes_optimal_test_logloss"] = optimum["log_loss"]
         return metrics
 
-    def _maybe_fail(self, step: int) -> None:
-        target = os.environ.get(FAIL_AT_STEP_ENV)
-        if target is None or step != int(target) or self.env.rank != min(1, self.env.world_size - 1):
-            return
-        marker = self.run_dir / _FAIL_MARKER
-        if marker.exists():
-            return
-        marker.write_text(f"rank {self.env.rank} failed on purpose after step {step}\n")
-        logger.error("%s=%s: rank %d exits on purpose", FAIL_AT_STEP_ENV, target, self.env.rank)
-        os._exit(1)
 
 
 def summary_text(metrics: Dict[str, Any]) -> str:
@@ -291,26 +237,12 @@ def summary_text(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _write_json(path: Path, data: Dict[str, Any]) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
-
-
-def _tensorboard(run_dir: Path) -> Optional[Any]:
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        logger.info("tensorboard is not installed: no TensorBoard logs (pip install tensorboard)")
-        return None
-    return SummaryWriter(str(run_dir / TENSORBOARD_DIR))
-
-
-def train(settings: TrainSettings) -> Dict[str, Any]:
-    """Run ``settings`` on this rank (alone, or as one rank of a launched job)."""
+def train(settings: TrainSettings, callbacks: Sequence[StepCallback] = ()) -> Dict[str, Any]:
+    """Run ``settings`` on this rank (alone, or as one rank of a launched job); ``callbacks``
+    are called after every training step."""
     env = DistEnv.from_environment(settings.device)
     try:
-        return Trainer(settings, env).fit()
+        return Trainer(build_run(settings, env), callbacks).fit()
     finally:
         env.close()
 
