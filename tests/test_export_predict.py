@@ -12,12 +12,12 @@ import torch
 from iarm_torchrec.cli import main as iarm
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.synthetic import TSV_DIR
+from iarm_torchrec.inference.export import FORMAT, export_run, load_exported
+from iarm_torchrec.inference.predict import predict
 from iarm_torchrec.models.iarm import IARM
 from iarm_torchrec.train.checkpoint import CheckpointError
 from iarm_torchrec.train.evaluate import binary_metrics
-from iarm_torchrec.train.export import FORMAT, export_run, load_exported
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE
-from iarm_torchrec.train.predict import predict
 from train_utils import checkpointed_run
 
 

@@ -29,8 +29,8 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
-from iarm_torchrec.train.export import export_run, load_exported
 from iarm_torchrec.files import PathLike, atomic_path
+from iarm_torchrec.inference.export import export_run, load_exported
 from iarm_torchrec.train.layout import RUN_FILE
 
 ATTENTION_FILE = "attention.pt"

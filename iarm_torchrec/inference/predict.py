@@ -16,7 +16,7 @@ from tqdm import tqdm
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.files import PathLike, atomic_write_text
-from iarm_torchrec.train.export import model_from_payload, read_export, write_data_files
+from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 
 
 def predict(

@@ -12,7 +12,7 @@ it was sharded) into one process with ``torch.distributed.checkpoint``, and save
 
 Everything in it is a tensor or plain data, so ``torch.load(FILE, weights_only=True)``
 reads it. :func:`load_exported` rebuilds the model in one process; ``data_files`` (the
-preprocessed folder without its splits) lets :mod:`~iarm_torchrec.train.predict` encode new
+preprocessed folder without its splits) lets :mod:`~iarm_torchrec.inference.predict` encode new
 raw files with the training vocabulary.
 """
 
