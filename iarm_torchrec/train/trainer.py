@@ -36,12 +36,13 @@ import torch.distributed as dist
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from tqdm import tqdm
 
+from iarm_torchrec.data.cache import ground_truth_file
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import MODEL_CONFIGS, make_config, model_config_dict
 from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager, Progress, checkpoint_name
-from iarm_torchrec.train.dataset import GlobalBatchLoader, ground_truth_file, prepare_data
+from iarm_torchrec.train.data import prepare_data
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, RUN_FILE, SUMMARY_FILE, TENSORBOARD_DIR
@@ -98,7 +99,7 @@ class Trainer:
 
         local_batch = settings.batch_size // env.world_size
         common = dict(batch_size=local_batch, rank=env.rank, world_size=env.world_size)
-        self.train_loader = GlobalBatchLoader(
+        self.train_loader = ShardedBatchLoader(
             self.data_dir, "train", shuffle=True, seed=settings.seed, drop_last=True, **common
         )
         self.valid_loader = ShardedBatchLoader(self.data_dir, "valid", drop_last=False, **common)
