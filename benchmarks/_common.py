@@ -7,19 +7,21 @@ neighbour on a shared machine shows up as one slow window instead of skewing the
 """
 
 import os
-import platform
 import resource
 import statistics
-import subprocess
 import sys
 import time
 from dataclasses import dataclass, field
-from importlib import metadata
 from typing import Any, Dict, List, Optional
 
 import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
+
+from iarm_torchrec.provenance import cpu_name, git_commit, versions
+
+VERSIONED = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "deepctr-torch", "fuxictr")
+"""The libraries whose versions the figures depend on (ours and the peers')."""
 
 
 @dataclass
@@ -85,23 +87,8 @@ def auc(probabilities: Any, labels: Any) -> float:
     return float(binary_auroc(p, y))
 
 
-def _version(package: str) -> Optional[str]:
-    try:
-        return metadata.version(package)
-    except metadata.PackageNotFoundError:
-        return None
-
-
 def machine() -> Dict[str, Any]:
     """CPU model, cores, memory, load and the versions that matter for the figures."""
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in open("/proc/cpuinfo"):
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     gpu = None
     if torch.cuda.is_available():
         gpu = f"{torch.cuda.get_device_name(0)} x{torch.cuda.device_count()}"
@@ -109,18 +96,16 @@ def machine() -> Dict[str, Any]:
         mem_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
     except (ValueError, OSError):
         mem_gib = None
+    found = versions(VERSIONED)
     return {
-        "cpu": cpu,
+        "cpu": cpu_name(),
         "cores": os.cpu_count(),
         "memory_gib": round(mem_gib, 1) if mem_gib else None,
         "gpu": gpu,
         "load_average": [round(x, 2) for x in os.getloadavg()],
         "python": sys.version.split()[0],
-        "versions": {
-            name: _version(name)
-            for name in ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu", "numpy", "deepctr-torch", "fuxictr")
-        },
-        "git_commit": _git_commit(),
+        "versions": {name: found.get(name) for name in VERSIONED},  # None: not installed
+        "git_commit": git_commit(),
         "iarm_cpu_attention": _cpu_attention(),
     }
 
@@ -132,11 +117,3 @@ def _cpu_attention() -> str:
     if field_attention.kernel_enabled():
         return f"compiled kernel ({torch.backends.cpu.get_cpu_capability()})"
     return "ATen bmm + softmax"
-
-
-def _git_commit() -> Optional[str]:
-    try:
-        out = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=10)
-        return out.stdout.strip() or None
-    except (OSError, subprocess.SubprocessError):
-        return None

@@ -3,7 +3,7 @@
 The model is built and sharded by the trainer's own functions
 (:func:`~iarm_torchrec.train.sharding.shard_model`: ``DistributedModelParallel`` over a gloo
 group, the sparse optimizer fused into backward by FBGEMM where it can be), fed by the
-trainer's :class:`~iarm_torchrec.train.dataset.GlobalBatchLoader` through
+trainer's :class:`~iarm_torchrec.data.loader.ShardedBatchLoader` (its training layout) through
 ``TrainPipelineSparseDist``, and validated by :func:`~iarm_torchrec.train.evaluate.evaluate`.
 Nothing here re-implements a training step; it only adds the step clock.
 """
@@ -20,7 +20,6 @@ from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import make_config
-from iarm_torchrec.train.dataset import GlobalBatchLoader
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import evaluate
 from iarm_torchrec.train.settings import TrainSettings
@@ -70,7 +69,7 @@ def _run(job: Dict[str, Any], env: DistEnv) -> Dict[str, Any]:
     sharded, pipeline = build(data_dir, settings, env)
     local_batch = settings.batch_size // env.world_size
     common = dict(batch_size=local_batch, rank=env.rank, world_size=env.world_size)
-    loader = GlobalBatchLoader(data_dir, "train", shuffle=True, seed=settings.seed, drop_last=True, **common)
+    loader = ShardedBatchLoader(data_dir, "train", shuffle=True, seed=settings.seed, drop_last=True, **common)
     steps = min(len(loader), job["max_steps"]) if job.get("max_steps") else len(loader)
     sync = torch.cuda.synchronize if env.device.type == "cuda" else (lambda: None)
     clock = StepClock()
@@ -102,7 +101,7 @@ def _run(job: Dict[str, Any], env: DistEnv) -> Dict[str, Any]:
 
 def loader_rate(data_dir: str, batch_size: int, prefetch: int, max_batches: Optional[int] = None) -> Dict[str, Any]:
     """Batches/s of the training loader alone (shuffled, one epoch or ``max_batches``)."""
-    loader = GlobalBatchLoader(data_dir, "train", batch_size, shuffle=True, seed=0, drop_last=True, prefetch=prefetch)
+    loader = ShardedBatchLoader(data_dir, "train", batch_size, shuffle=True, seed=0, drop_last=True, prefetch=prefetch)
     n = min(len(loader), max_batches) if max_batches else len(loader)
     clock = StepClock()
     for i, _ in zip(range(n), loader):

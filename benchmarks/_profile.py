@@ -23,8 +23,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 import _ours
-from iarm_torchrec.data.loader import ShardedBatchLoader  # noqa: F401  (the loader used by _ours)
-from iarm_torchrec.train.dataset import GlobalBatchLoader
+from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.settings import TrainSettings
 
@@ -130,7 +129,7 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
                 target = getattr(target, part, None)
             if isinstance(target, nn.Module):
                 _hook(target, name)
-        loader = GlobalBatchLoader(job["data_dir"], "train", job["batch_size"], shuffle=True, drop_last=True)
+        loader = ShardedBatchLoader(job["data_dir"], "train", job["batch_size"], shuffle=True, drop_last=True)
         batches = iter(loader)
         for _ in range(job["warmup"]):
             pipeline.progress(batches)

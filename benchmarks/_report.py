@@ -1,10 +1,11 @@
 """The benchmark's summary (means over seeds, side-by-side ratios, the targets) as JSON and Markdown."""
 
 import json
-import os
 import statistics
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Tuple
+
+from iarm_torchrec.files import atomic_write_text
 
 # (our runner, peer runner, required ratio of samples/s) per batch size 1024. ``iarm_rwadagrad_x2``
 # is the same IARM on the same cores as 2 gloo ranks x 1 thread (`make run`'s layout) instead of
@@ -160,7 +161,5 @@ def write(report: Dict[str, Any], out: Path, name: str) -> Tuple[Path, Path]:
     out.mkdir(parents=True, exist_ok=True)
     json_file, md_file = out / f"{name}.json", out / f"{name}.md"
     for path, text in ((json_file, json.dumps(report, indent=2) + "\n"), (md_file, markdown(report))):
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(text)
-        os.replace(tmp, path)
+        atomic_write_text(path, text)
     return json_file, md_file

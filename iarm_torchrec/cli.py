@@ -53,7 +53,7 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from iarm_torchrec.train.export import export_run
+    from iarm_torchrec.inference.export import export_run
 
     print(export_run(args.run, args.out, args.checkpoint))
     return 0
@@ -68,7 +68,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from iarm_torchrec.train.predict import predict
+    from iarm_torchrec.inference.predict import predict
 
     scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size)
     print(f"{len(scores)} scores written to {args.out}")

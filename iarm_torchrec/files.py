@@ -22,6 +22,7 @@ import contextlib
 import json
 import math
 import os
+import shutil
 from pathlib import Path
 from typing import Any, Iterator, Union
 
@@ -32,7 +33,8 @@ PathLike = Union[str, "os.PathLike[str]"]
 @contextlib.contextmanager
 def atomic_path(path: PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it to ``path`` when the block succeeds,
-    remove it when the block raises. The parent folder is created."""
+    remove it (a file, or a folder the block made there) when the block raises. The parent
+    folder is created."""
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = final.with_name(f".{final.name}.{os.getpid()}.tmp")
@@ -40,6 +42,8 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
         yield tmp
         os.replace(tmp, final)
     except BaseException:
+        if tmp.is_dir() and not tmp.is_symlink():
+            shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
         raise

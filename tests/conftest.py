@@ -6,6 +6,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 import pytest
 
+from iarm_torchrec.data import write_part
 from iarm_torchrec.data.spec import FeatureSpec, SparseFieldSpec
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
@@ -46,25 +47,18 @@ def write_preprocessed(
         dense = rng.random((n, num_dense), dtype=np.float32)
         if num_dense:
             dense[:, 0] = index
-        columns = {
-            "labels.npy": (index % 2).astype(np.float32),
-            "dense.npy": dense,
-            "sparse.npy": np.stack([rng.integers(0, v, n) for v in vocab], axis=1).astype(np.int32).reshape(n, -1),
-        }
+        labels = (index % 2).astype(np.float32)
+        sparse = np.stack([rng.integers(0, v, n) for v in vocab], axis=1).astype(np.int32).reshape(n, -1)
+        multi = {}
         for name, v, m in multi_hot:
             lengths = rng.integers(0, m + 1, n).astype(np.int32)
-            columns[f"{name}.lengths.npy"] = lengths
-            columns[f"{name}.values.npy"] = rng.integers(0, v, int(lengths.sum())).astype(np.int32)
+            multi[name] = (rng.integers(0, v, int(lengths.sum())).astype(np.int32), lengths)
         step = rows_per_part or max(n, 1)
         for p, start in enumerate(range(0, n, step)):
-            part = data_dir / split / f"part-{p:05d}"
-            part.mkdir(parents=True)
             stop = min(start + step, n)
-            for file, array in columns.items():
-                if file.endswith(".values.npy"):
-                    lengths = columns[file.replace(".values.npy", ".lengths.npy")].astype(np.int64)
-                    ends = np.concatenate([[0], np.cumsum(lengths)])
-                    np.save(part / file, array[ends[start] : ends[stop]])
-                else:
-                    np.save(part / file, array[start:stop])
+            part_multi = {}
+            for name, (values, lengths) in multi.items():
+                ends = np.concatenate([[0], np.cumsum(lengths.astype(np.int64))])
+                part_multi[name] = (values[ends[start] : ends[stop]], lengths[start:stop])
+            write_part(data_dir / split / f"part-{p:05d}", labels[start:stop], dense[start:stop], sparse[start:stop], part_multi)
     return spec

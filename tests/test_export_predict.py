@@ -12,12 +12,12 @@ import torch
 from iarm_torchrec.cli import main as iarm
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.synthetic import TSV_DIR
+from iarm_torchrec.inference.export import FORMAT, export_run, load_exported
+from iarm_torchrec.inference.predict import predict
 from iarm_torchrec.models.iarm import IARM
 from iarm_torchrec.train.checkpoint import CheckpointError
 from iarm_torchrec.train.evaluate import binary_metrics
-from iarm_torchrec.train.export import FORMAT, export_run, load_exported
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE
-from iarm_torchrec.train.predict import predict
 from train_utils import checkpointed_run
 
 
@@ -54,7 +54,7 @@ def test_the_export_is_plain_data_with_every_table_whole(exported: Path, run: Pa
         table = payload["state_dict"][f"embedding_arch.embedding_bag_collection.embedding_bags.t_{field['name']}.weight"]
         assert tuple(table.shape) == (field["vocab_size"], 8)
     assert "spec.json" in payload["data_files"] and any(k.startswith("vocab/") for k in payload["data_files"])
-    assert not exported.with_name(exported.name + ".tmp").exists()
+    assert sorted(p.name for p in exported.parent.iterdir() if p.name.endswith(".tmp")) == []  # no temporary left
 
 
 def test_the_loaded_model_reproduces_the_test_metrics(exported: Path, run: Path, data_dir: Path) -> None:

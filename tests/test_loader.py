@@ -10,16 +10,18 @@ import torch
 from torchrec.datasets.utils import Batch
 
 from conftest import shared_data, write_preprocessed
+from iarm_torchrec.data import read_part
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 
 
 def _reference(data_dir: Path, split: str) -> Dict[str, np.ndarray]:
-    """The split's arrays concatenated over parts, read without the loader."""
-    parts = sorted((data_dir / split).glob("part-*"))
-    return {
-        f.name: np.concatenate([np.load(p / f.name) for p in parts])
-        for f in parts[0].iterdir()
-    }
+    """The split's arrays concatenated over parts, read without the loader, by file name."""
+    read = [read_part(p) for p in sorted((data_dir / split).glob("part-*"))]
+    columns = {"labels.npy": [r.labels for r in read], "dense.npy": [r.dense for r in read], "sparse.npy": [r.sparse for r in read]}
+    for name in read[0].multi_hot:
+        columns[f"{name}.values.npy"] = [r.multi_hot[name][0] for r in read]
+        columns[f"{name}.lengths.npy"] = [r.multi_hot[name][1] for r in read]
+    return {file: np.concatenate(arrays) for file, arrays in columns.items()}
 
 
 def _ids(loader: ShardedBatchLoader) -> List[int]:
@@ -142,22 +144,32 @@ def test_resume_at_batch_k_yields_the_tail_of_an_uninterrupted_epoch(toy: Path, 
     it = iter(first)
     for _ in range(2):
         next(it)
-    state = first.state_dict()
-    assert (state["epoch"], state["batch"]) == (3, 2)
+    assert first.epoch == 3
     del it
 
-    resumed = loader()
-    resumed.load_state_dict(state)
+    resumed = loader()  # a new process resumes from the trainer's count of trained steps
+    resumed.set_epoch(3, start_batch=2)
     assert _ids(resumed) == uninterrupted[2 * 8 :]
     direct = loader()
     direct.set_epoch(3, start_batch=4)
     assert _ids(direct) == uninterrupted[4 * 8 :]
+    with pytest.raises(ValueError, match="start_batch must be in"):
+        direct.set_epoch(3, start_batch=len(direct) + 1)
 
 
-def test_resume_refuses_other_settings(toy: Path) -> None:
-    state = ShardedBatchLoader(toy, "train", 8, world_size=2).state_dict()
-    with pytest.raises(ValueError, match="world_size=2, 1"):
-        ShardedBatchLoader(toy, "train", 8).load_state_dict(state)
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_training_step_k_is_the_same_global_batch_for_any_world_size(toy: Path, shuffle: bool) -> None:
+    def global_batches(world_size: int) -> List[List[int]]:
+        per_rank = [
+            [_ids_of([b]) for b in ShardedBatchLoader(toy, "train", 24 // world_size, r, world_size, shuffle=shuffle, seed=4)]
+            for r in range(world_size)
+        ]
+        return [sum((steps[k] for steps in per_rank), []) for k in range(len(per_rank[0]))]
+
+    one = global_batches(1)
+    assert len(one) == 103 // 24
+    for world_size in (2, 3, 4):
+        assert global_batches(world_size) == one
 
 
 def test_prefetch_stops_with_an_abandoned_iterator_and_passes_errors_on(toy: Path) -> None:
@@ -195,7 +207,7 @@ def test_real_data_batch_trains_iarm(tmp_path: Path, dataset: str, folder: str) 
         pytest.skip("iarm_torchrec.data.preprocess (the readers) is not written yet")
     from iarm_torchrec.data.preprocess import preprocess
     from iarm_torchrec.models.ctr_train import CTRTrain
-from iarm_torchrec.models.iarm import IARMConfig
+    from iarm_torchrec.models.iarm import IARMConfig
 
     torch.manual_seed(0)
     spec = preprocess(dataset, str(source), str(tmp_path), workers=1)

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
+from iarm_torchrec.data import read_part
 from iarm_torchrec.data.preprocess import encode, preprocess
 from iarm_torchrec.data.spec import SPLITS, FeatureSpec
 from iarm_torchrec.data.splits import SplitConfig
@@ -18,9 +19,14 @@ CRITEO_10K_CLICKS = 2_182  # see tests/test_data_readers.py for how it was count
 
 def load_split(data_dir: Path, split: str) -> Dict[str, np.ndarray]:
     """All parts of a split concatenated, by file name (``labels``, ``dense``, ``sparse``, ...)."""
-    parts = sorted((data_dir / split).glob("part-*"))
-    names = sorted({f.name[: -len(".npy")] for p in parts for f in p.glob("*.npy")})
-    return {n: np.concatenate([np.load(p / f"{n}.npy") for p in parts]) for n in names} if parts else {}
+    read = [read_part(p) for p in sorted((data_dir / split).glob("part-*"))]
+    if not read:
+        return {}
+    columns = {"labels": [r.labels for r in read], "dense": [r.dense for r in read], "sparse": [r.sparse for r in read]}
+    for name in read[0].multi_hot:
+        columns[f"{name}.values"] = [r.multi_hot[name][0] for r in read]
+        columns[f"{name}.lengths"] = [r.multi_hot[name][1] for r in read]
+    return {n: np.concatenate(arrays) for n, arrays in columns.items()}
 
 
 def criteo_lines(n: int, c1=lambda i: f"{i:08x}", c2=lambda i: f"{i % 7:08x}") -> List[str]:

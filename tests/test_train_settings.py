@@ -6,7 +6,8 @@ from pathlib import Path
 import pytest
 
 from iarm_torchrec.cli import build_parser
-from iarm_torchrec.train.dataset import cache_dir
+from iarm_torchrec.data.cache import cache_dir
+from iarm_torchrec.train.builder import data_source
 from iarm_torchrec.train.settings import SETTINGS_FILE, TrainSettings
 
 
@@ -110,11 +111,14 @@ def test_bad_flags_are_refused(capsys: pytest.CaptureFixture) -> None:
 
 def test_preprocessed_data_is_cached_by_what_it_depends_on(tmp_path: Path) -> None:
     base = dict(dataset="criteo", data_dir=str(tmp_path / "criteo"), out=str(tmp_path / "run"))
-    a = cache_dir(TrainSettings(**base, min_count=5))
-    assert a == cache_dir(TrainSettings(**base, min_count=5, epochs=9, lr=0.1))  # training settings: same data
-    assert a != cache_dir(TrainSettings(**base, min_count=6))
+    def cached(settings: TrainSettings) -> Path:
+        return cache_dir(data_source(settings))
+
+    a = cached(TrainSettings(**base, min_count=5))
+    assert a == cached(TrainSettings(**base, min_count=5, epochs=9, lr=0.1))  # training settings: same data
+    assert a != cached(TrainSettings(**base, min_count=6))
     assert a.parent == tmp_path / "criteo" / ".iarm-cache"
-    assert cache_dir(TrainSettings(**base, cache_dir=str(tmp_path / "c"))).parent == tmp_path / "c"
+    assert cached(TrainSettings(**base, cache_dir=str(tmp_path / "c"))).parent == tmp_path / "c"
 
 
 def test_the_iarm_command_has_every_subcommand() -> None:

@@ -6,19 +6,23 @@ contract with distributed training:
 
 * **Equal batch counts on every rank.** A sharded model runs collectives every step, so a
   rank with one batch more would hang the job. ``len(loader)`` is the same on every rank.
-* **Training** (``drop_last=True``): the (optionally shuffled) global order is cut into
-  ``world_size`` contiguous slices of ``len(loader) * batch_size`` samples; fewer than
-  ``world_size * batch_size`` samples per epoch are left out, different ones each shuffled epoch.
-* **Evaluation** (``drop_last=False``): every sample is yielded exactly once across ranks.
-  The last batches of each rank are padded to ``batch_size`` with copies of a real row whose
-  label is :data:`PADDING_LABEL` (``-1.0``); the evaluator drops rows with that label.
-  ``loader.num_real_rows`` is this rank's count of real rows.
-* **Shuffling** is seeded: the permutation depends on ``(seed, epoch)`` only, so every rank
-  computes the same one and each epoch gets a new one (:meth:`ShardedBatchLoader.set_epoch`).
-* **Resume**: ``set_epoch(e, start_batch=k)`` (or :meth:`~ShardedBatchLoader.load_state_dict`)
-  yields exactly the batches ``k, k+1, ...`` an uninterrupted epoch ``e`` would have yielded.
-  A pipeline that pulls batches ahead (``TrainPipelineSparseDist``) makes ``state_dict()``
-  run ahead of the trained steps: resume from the trainer's own step count in that case.
+* **Training** (``drop_last=True``, what the trainer uses): step ``k`` is the same *global*
+  batch whatever the number of ranks. With ``B = world_size * batch_size``, step ``k`` takes
+  samples ``[k B, (k + 1) B)`` of the epoch's (optionally shuffled) order and rank ``r`` its
+  ``r``-th sub-batch of ``batch_size``; so 1 rank with batch ``B`` and N ranks with ``B / N``
+  train on the same global batches, and gradients averaged over ranks equal those of the one big
+  batch. The last ``n mod B`` samples of the order are left out, different ones each shuffled epoch.
+* **Evaluation** (``drop_last=False``): every sample is yielded exactly once across ranks, rank
+  ``r`` taking the ``r``-th contiguous slice of the order. The last batches of each rank are
+  padded to ``batch_size`` with copies of a real row whose label is :data:`PADDING_LABEL`
+  (``-1.0``); the evaluator drops rows with that label. ``loader.num_real_rows`` is this rank's
+  count of real rows.
+* **Shuffling** is seeded: the permutation, ``np.random.default_rng([seed, epoch]).permutation(n)``,
+  depends on ``(seed, epoch)`` only, so every rank computes the same one and each epoch gets a new
+  one (:meth:`ShardedBatchLoader.set_epoch`).
+* **Resume**: ``set_epoch(e, start_batch=k)`` yields exactly the batches ``k, k+1, ...`` an
+  uninterrupted epoch ``e`` would have yielded; the trainer passes its own count of trained
+  steps (a pipeline such as ``TrainPipelineSparseDist`` pulls batches ahead of them).
 """
 
 import math
@@ -32,7 +36,9 @@ import torch
 from torchrec.datasets.utils import Batch
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 
-from iarm_torchrec.data.spec import SPLITS, FeatureSpec, PathLike
+from iarm_torchrec.data.parts import DENSE_FILE, LABELS_FILE, SPARSE_FILE, lengths_file, values_file
+from iarm_torchrec.data.spec import SPLITS, FeatureSpec
+from iarm_torchrec.files import PathLike
 
 PADDING_LABEL: float = -1.0
 """Label of the padding rows of ``drop_last=False`` loaders; drop ``labels == PADDING_LABEL``."""
@@ -114,12 +120,11 @@ class ShardedSplit:
     Example::
 
         >>> import tempfile
+        >>> from iarm_torchrec.data.parts import write_part
         >>> from iarm_torchrec.data.spec import SparseFieldSpec
-        >>> d = Path(tempfile.mkdtemp()); part = d / "train" / "part-00000"; part.mkdir(parents=True)
+        >>> d = Path(tempfile.mkdtemp())
         >>> _ = FeatureSpec("toy", [SparseFieldSpec("item", 5)], dense=["x"]).save(d)
-        >>> np.save(part / "labels.npy", np.array([0, 1, 1], np.float32))
-        >>> np.save(part / "dense.npy", np.ones((3, 1), np.float32))
-        >>> np.save(part / "sparse.npy", np.array([[0], [4], [2]], np.int32))
+        >>> _ = write_part(d / "train" / "part-00000", [0, 1, 1], np.ones((3, 1)), [[0], [4], [2]])
         >>> split = ShardedSplit(d, "train")
         >>> len(split), split.sparse.take(np.array([2, 0])).tolist()
         (3, [[2], [0]])
@@ -137,15 +142,15 @@ class ShardedSplit:
         labels, dense, sparse = [], [], []
         multi: Dict[str, Tuple[List[np.ndarray], List[np.ndarray]]] = {f: ([], []) for f in self.spec.multi_hot_fields}
         for part in parts:
-            n = len(self._open(labels, part / "labels.npy", None))
-            self._open(dense, part / "dense.npy", n, len(self.spec.dense))
-            self._open(sparse, part / "sparse.npy", n, len(self.spec.one_hot_fields))
+            n = len(self._open(labels, part / LABELS_FILE, None))
+            self._open(dense, part / DENSE_FILE, n, len(self.spec.dense))
+            self._open(sparse, part / SPARSE_FILE, n, len(self.spec.one_hot_fields))
             for name, (lengths, values) in multi.items():
-                lens = self._open(lengths, part / f"{name}.lengths.npy", n)
-                vals = self._open(values, part / f"{name}.values.npy", None)
+                lens = self._open(lengths, part / lengths_file(name), n)
+                vals = self._open(values, part / values_file(name), None)
                 nnz = int(np.asarray(lens, dtype=np.int64).sum())
                 if len(vals) != nnz:
-                    raise ValueError(f"{part / (name + '.values.npy')}: {len(vals)} ids, but its lengths sum to {nnz}")
+                    raise ValueError(f"{part / values_file(name)}: {len(vals)} ids, but its lengths sum to {nnz}")
         self.labels = _Column(labels)
         self.dense = _Column(dense)
         self.sparse = _Column(sparse)
@@ -191,31 +196,37 @@ class ShardedBatchLoader(Iterable[Batch]):
         data_dir: a preprocessed folder.
         split: ``train``, ``valid`` or ``test``.
         batch_size: ``B``, per rank.
-        rank / world_size: this process's slice of the data.
+        rank / world_size: this process's part of the data.
         shuffle: a new seeded permutation each epoch.
         seed: the shuffling seed (the same on every rank).
-        drop_last: ``True`` yields only full batches of real rows (training); ``False``
-            yields every sample once across ranks, padding the last batches (evaluation).
+        drop_last: ``True`` (training) yields only full batches of real rows, step ``k`` being
+            rank ``rank``'s sub-batch of global batch ``k``; ``False`` (evaluation) yields every
+            sample once across ranks, each rank a contiguous slice, padding the last batches.
         prefetch: batches prepared ahead by a background thread (0: none).
         pin_memory: pin batches for fast host-to-device copies (default: when CUDA is available).
 
     Example::
 
         >>> import tempfile
+        >>> from iarm_torchrec.data.parts import write_part
         >>> from iarm_torchrec.data.spec import SparseFieldSpec
-        >>> d = Path(tempfile.mkdtemp()); part = d / "test" / "part-00000"; part.mkdir(parents=True)
+        >>> d = Path(tempfile.mkdtemp())
         >>> _ = FeatureSpec("toy", [SparseFieldSpec("user", 9), SparseFieldSpec("tags", 5, True, 2)]).save(d)
-        >>> np.save(part / "labels.npy", np.array([0, 1, 1], np.float32))
-        >>> np.save(part / "dense.npy", np.zeros((3, 0), np.float32))
-        >>> np.save(part / "sparse.npy", np.array([[7], [8], [6]], np.int32))
-        >>> np.save(part / "tags.lengths.npy", np.array([2, 0, 1], np.int32))
-        >>> np.save(part / "tags.values.npy", np.array([1, 3, 4], np.int32))
+        >>> part = write_part(d / "test" / "part-00000", [0, 1, 1], np.zeros((3, 0)), [[7], [8], [6]],
+        ...                   {"tags": ([1, 3, 4], [2, 0, 1])})
         >>> loader = ShardedBatchLoader(d, "test", batch_size=2, drop_last=False)
         >>> [b.labels.tolist() for b in loader]
         [[0.0, 1.0], [1.0, -1.0]]
         >>> kjt = next(iter(loader)).sparse_features
         >>> kjt.keys(), kjt["tags"].lengths().tolist(), kjt["tags"].values().tolist()
         (['user', 'tags'], [2, 0], [1, 3])
+
+    Training's layout: with 2 ranks of 2, step 0 is samples 0-3 (rank 0: 0, 1; rank 1: 2, 3)::
+
+        >>> e = Path(tempfile.mkdtemp()); _ = FeatureSpec("toy", [SparseFieldSpec("item", 9)]).save(e)
+        >>> _ = write_part(e / "train" / "part-00000", np.zeros(9), np.zeros((9, 0)), np.arange(9)[:, None])
+        >>> [ShardedBatchLoader(e, "train", 2, rank=r, world_size=2).rank_rows(0).tolist() for r in (0, 1)]
+        [[0, 1, 4, 5], [2, 3, 6, 7]]
     """
 
     def __init__(
@@ -258,12 +269,14 @@ class ShardedBatchLoader(Iterable[Batch]):
                     f"{data_dir}/{split}: {n} samples are fewer than world_size * batch_size = "
                     f"{world_size * batch_size}, so drop_last=True leaves no batch; lower batch_size"
                 )
-            self._slice = (rank * self._num_batches * batch_size, self._num_batches * batch_size)
+            self._start = -1  # no contiguous slice: this rank's rows lie in every global batch
+            self._num_real_rows = self._num_batches * batch_size
         else:
             # every sample once: ranks get n // world_size samples, the first n % world_size one more
             size = n // world_size + (rank < n % world_size)
             self._num_batches = math.ceil(math.ceil(n / world_size) / batch_size)
-            self._slice = (rank * (n // world_size) + min(rank, n % world_size), size)
+            self._start = rank * (n // world_size) + min(rank, n % world_size)
+            self._num_real_rows = size
         self._epoch = 0
         self._next_batch = 0
         self._keys: List[str] = [f.name for f in self.spec.sparse]
@@ -277,7 +290,7 @@ class ShardedBatchLoader(Iterable[Batch]):
     @property
     def num_real_rows(self) -> int:
         """Rows of this rank's epoch that are real samples (the rest is padding)."""
-        return self._slice[1]
+        return self._num_real_rows
 
     @property
     def epoch(self) -> int:
@@ -290,41 +303,22 @@ class ShardedBatchLoader(Iterable[Batch]):
         self._epoch = epoch
         self._next_batch = start_batch
 
-    def state_dict(self) -> Dict[str, Any]:
-        """Where the loader stands: the epoch and the batches of it already yielded, plus the
-        settings a resume must share."""
-        return {
-            "epoch": self._epoch,
-            "batch": self._next_batch,
-            "seed": self.seed,
-            "shuffle": self.shuffle,
-            "batch_size": self.batch_size,
-            "world_size": self.world_size,
-            "drop_last": self.drop_last,
-            "num_samples": len(self.data),
-        }
-
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
-        """Resume where :meth:`state_dict` was taken (the settings must match)."""
-        mine = self.state_dict()
-        differ = {k: (state[k], mine[k]) for k in mine if k not in ("epoch", "batch") and state.get(k) != mine[k]}
-        if differ:
-            raise ValueError(
-                "cannot resume: the loader settings differ from the saved ones (saved, now): "
-                + ", ".join(f"{k}={s!r}, {m!r}" for k, (s, m) in differ.items())
-            )
-        self.set_epoch(int(state["epoch"]), int(state["batch"]))
+    def order(self, epoch: int) -> np.ndarray:
+        """The epoch's order of all samples: ``np.random.default_rng([seed, epoch]).permutation(n)``
+        when shuffling, else ``0..n-1``; the same on every rank."""
+        n = len(self.data)
+        return np.random.default_rng([self.seed, epoch]).permutation(n) if self.shuffle else np.arange(n)
 
     def rank_rows(self, epoch: int) -> np.ndarray:
         """This rank's global sample indices for ``epoch`` in batch order, ``len(self) * B``
-        long; ``-1`` marks padding."""
-        n = len(self.data)
-        if self.shuffle:
-            order = np.random.default_rng([self.seed, epoch]).permutation(n)
-        else:
-            order = np.arange(n)
-        start, size = self._slice
-        rows = np.full(len(self) * self.batch_size, -1, dtype=np.int64)
+        long; ``-1`` marks padding (evaluation only)."""
+        order = self.order(epoch)
+        b = self.batch_size
+        if self.drop_last:  # global batch k = order[k W B : (k + 1) W B], rank r its r-th sub-batch
+            steps, w = len(self), self.world_size
+            return order[: steps * w * b].reshape(steps, w, b)[:, self.rank, :].reshape(-1)
+        start, size = self._start, self._num_real_rows
+        rows = np.full(len(self) * b, -1, dtype=np.int64)
         rows[:size] = order[start : start + size]
         return rows
 

@@ -41,6 +41,7 @@ from iarm_torchrec.data.avazu import AvazuReader
 from iarm_torchrec.data.criteo import CriteoReader
 from iarm_torchrec.data.movielens import MovieLensReader
 from iarm_torchrec.data.numeric import TRANSFORMS, NumericStats, transform
+from iarm_torchrec.data.parts import write_part
 from iarm_torchrec.data.rows import Chunk, RawRows, RowReader, chunk_payloads
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, FeatureSpec, SparseFieldSpec
 from iarm_torchrec.data.splits import SplitConfig
@@ -169,30 +170,10 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
             values, lengths = _multi_values(rows, name, keep)
             multi[name] = (_lookup(*job.lookups[name]).ids(values), lengths.astype(np.int32))
             written.max_length[name] = max(written.max_length.get(name, 0), int(lengths.max(initial=0)))
-        _write_part(Path(job.out_dir) / split / f"part-{chunk.index:05d}", labels[keep], dense[keep], sparse[keep], multi)
+        write_part(Path(job.out_dir) / split / f"part-{chunk.index:05d}", labels[keep], dense[keep], sparse[keep], multi)
         written.rows[split] = int(keep.sum())
         written.positives[split] = int(labels[keep].sum())
     return written
-
-
-def _write_part(
-    part: Path,
-    labels: np.ndarray,
-    dense: np.ndarray,
-    sparse: np.ndarray,
-    multi: Dict[str, Tuple[np.ndarray, np.ndarray]],
-) -> None:
-    """One shard in the layout of :mod:`iarm_torchrec.data.spec`, written to a temp folder then renamed."""
-    tmp = part.with_name(f".{part.name}.tmp")  # not matched by ``part-*`` if left behind
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir(parents=True)
-    np.save(tmp / "labels.npy", labels.astype(np.float32))
-    np.save(tmp / "dense.npy", dense.astype(np.float32))
-    np.save(tmp / "sparse.npy", sparse.astype(np.int32))
-    for name, (values, lengths) in multi.items():
-        np.save(tmp / f"{name}.values.npy", values.astype(np.int32))
-        np.save(tmp / f"{name}.lengths.npy", lengths.astype(np.int32))
-    os.replace(tmp, part)
 
 
 @contextlib.contextmanager

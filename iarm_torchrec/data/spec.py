@@ -14,17 +14,17 @@ form the split. Ids are already vocabulary indices in ``[0, vocab_size)``.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Dict, List, Union
+from typing import TYPE_CHECKING, Any, Dict, List
+
+from iarm_torchrec.files import PathLike, atomic_write_json
 
 if TYPE_CHECKING:  # the model side's types; imported lazily so data workers skip torch
     from iarm_torchrec.features import FeatureConfig
 
 SPEC_FILE = "spec.json"
 SPLITS = ("train", "valid", "test")
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 @dataclass(frozen=True)
@@ -97,11 +97,7 @@ class FeatureSpec:
 
     def save(self, data_dir: PathLike) -> Path:
         """Write ``data_dir/spec.json`` atomically."""
-        path = Path(data_dir) / SPEC_FILE
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2) + "\n")
-        os.replace(tmp, path)
-        return path
+        return atomic_write_json(Path(data_dir) / SPEC_FILE, asdict(self))
 
     @classmethod
     def load(cls, data_dir: PathLike) -> "FeatureSpec":

@@ -28,7 +28,6 @@ most of what separates a good model from a plain logistic regression.
 """
 
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
@@ -42,6 +41,7 @@ from iarm_torchrec.data.loader import ShardedSplit
 from iarm_torchrec.data.preprocess import preprocess
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, PathLike
 from iarm_torchrec.data.splits import SplitConfig
+from iarm_torchrec.files import atomic_write_bytes, atomic_write_json
 
 NUM_INTEGER = len(INT_FIELDS)
 NUM_CATEGORICAL = len(CAT_FIELDS)
@@ -253,9 +253,7 @@ def write_tsv(data: SyntheticCriteo, path: Path) -> None:
     for j in range(NUM_CATEGORICAL):
         columns.append(data.hex_codes[j][data.categories[:, j]])  # -1 -> the empty code
     lines = [b"\t".join(row) for row in zip(*(c.tolist() for c in columns))]
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"\n".join(lines) + b"\n")
-    os.replace(tmp, path)
+    atomic_write_bytes(path, b"\n".join(lines) + b"\n")
 
 
 def bayes_optimal(probabilities: np.ndarray, labels: np.ndarray) -> Dict[str, float]:
@@ -340,7 +338,5 @@ def make_synthetic_dataset(
     ):
         raise RuntimeError(f"{out}: the preprocessed splits {spec.rows} do not follow the generation order")
     np.save(out / TEST_PROBABILITIES_FILE, data.probabilities[first:end])
-    tmp = truth_file.with_name(truth_file.name + ".tmp")
-    tmp.write_text(json.dumps(ground_truth(data), indent=2) + "\n")
-    os.replace(tmp, truth_file)
+    atomic_write_json(truth_file, ground_truth(data))
     return out

@@ -15,12 +15,12 @@ kept to ``1..len(keys)`` (in key order) and everything else to 0; hashing maps a
 ``1 + splitmix64(key) % buckets``.
 """
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import List, Tuple, Union
+from typing import List, Tuple
 
 import numpy as np
+
+from iarm_torchrec.files import PathLike, atomic_path
 
 OOV_ID = 0  # the id of missing and out-of-vocabulary values, in every field
 KEY_SCHEME = "u64le8-splitmix64"  # recorded in spec.options; bump if token_keys() ever changes
@@ -145,15 +145,13 @@ class Vocabulary:
         found = self.keys[np.minimum(pos, len(self.keys) - 1)] == keys
         return np.where(found & (keys != 0), pos + 1, OOV_ID).astype(np.int32)
 
-    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
+    def save(self, path: PathLike) -> None:
         """Write the keys to ``path`` (``.npy``) atomically."""
-        path = Path(path)
-        tmp = path.with_name(path.name + ".tmp.npy")
-        np.save(tmp, self.keys)
-        os.replace(tmp, path)
+        with atomic_path(path) as tmp, open(tmp, "wb") as handle:  # a handle: np.save adds no ``.npy``
+            np.save(handle, self.keys)
 
     @classmethod
-    def load(cls, path: Union[str, "os.PathLike[str]"]) -> "Vocabulary":
+    def load(cls, path: PathLike) -> "Vocabulary":
         return cls(np.load(path, mmap_mode="r"))
 
 

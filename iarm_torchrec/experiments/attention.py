@@ -20,7 +20,6 @@ Example::
 """
 
 import json
-import os
 import tempfile
 from pathlib import Path
 from typing import Iterable, List, Optional, Sequence, Tuple
@@ -30,7 +29,8 @@ from torch import nn
 from torchrec.datasets.utils import Batch
 
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
-from iarm_torchrec.train.export import export_run, load_exported
+from iarm_torchrec.files import PathLike, atomic_path
+from iarm_torchrec.inference.export import export_run, load_exported
 from iarm_torchrec.train.layout import RUN_FILE
 
 ATTENTION_FILE = "attention.pt"
@@ -79,17 +79,16 @@ def ranked_pairs(scores: torch.Tensor) -> List[Tuple[int, int, float]]:
     return [(int(m[i]), int(k[i]), round(float(values[i]), 6)) for i in order]
 
 
-def save_attention(run_dir: "os.PathLike[str] | str", maps: torch.Tensor, field_names: Sequence[str]) -> Path:
+def save_attention(run_dir: PathLike, maps: torch.Tensor, field_names: Sequence[str]) -> Path:
     """Write ``RUN/attention.pt`` (``{"maps": L x H x M x M, "fields": [...]}``) atomically;
     loadable with ``weights_only=True``."""
     path = Path(run_dir) / ATTENTION_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save({"maps": maps, "fields": json.dumps(list(field_names))}, tmp)
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:
+        torch.save({"maps": maps, "fields": json.dumps(list(field_names))}, tmp)
     return path
 
 
-def load_attention(run_dir: "os.PathLike[str] | str") -> Optional[Tuple[torch.Tensor, List[str]]]:
+def load_attention(run_dir: PathLike) -> Optional[Tuple[torch.Tensor, List[str]]]:
     """``(maps, field names)`` saved by :func:`save_attention`, or ``None`` when not computed yet."""
     path = Path(run_dir) / ATTENTION_FILE
     if not path.is_file():
@@ -98,7 +97,7 @@ def load_attention(run_dir: "os.PathLike[str] | str") -> Optional[Tuple[torch.Te
     return saved["maps"], json.loads(saved["fields"])
 
 
-def run_attention(run_dir: "os.PathLike[str] | str", batch_size: int = 4096) -> Tuple[torch.Tensor, List[str]]:
+def run_attention(run_dir: PathLike, batch_size: int = 4096) -> Tuple[torch.Tensor, List[str]]:
     """The ``L x H x M x M`` test-split attention of a finished IARM run and its field names,
     computed from the run's best checkpoint on first use and kept in ``RUN/attention.pt``."""
     run_dir = Path(run_dir)

@@ -19,10 +19,8 @@ import logging
 import os
 import platform
 import shlex
-import subprocess
 import time
 from dataclasses import replace
-from importlib import metadata
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence, Tuple
 
@@ -36,6 +34,7 @@ from iarm_torchrec.experiments.results import load_metrics, summarize
 from iarm_torchrec.experiments.runner import TrainFn, run_all, run_seconds
 from iarm_torchrec.experiments.presets import ModelConfigs
 from iarm_torchrec.models.registry import check_model_settings
+from iarm_torchrec.provenance import cpu_name, describe
 from iarm_torchrec.train.settings import DATASETS, DEVICES, TrainSettings, parse_model_config
 from iarm_torchrec.train.trainer import setup_logging
 
@@ -44,6 +43,8 @@ logger = logging.getLogger(__name__)
 PLOTS_DIR = "plots"
 REPORT_FILE = "report.md"
 MIN_SEEDS = 3
+VERSIONED = ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu")
+"""The libraries whose versions a report names (with Python and this package's commit)."""
 _BUDGET = ("epochs", "batch_size", "max_steps_per_epoch", "lr", "sparse_optimizer", "sparse_lr", "embedding_dim",
            "early_stopping_patience")
 
@@ -205,7 +206,7 @@ def provenance(args: argparse.Namespace, base: TrainSettings, runs: Sequence[Run
             f"{r.variant.label}: {json.dumps(r.settings.model_config)}" for r in _first_seed(runs)
         ),
         "selection": "each run keeps its epoch of best validation AUC; the test split is only reported",
-        "versions": versions(),
+        "versions": describe(VERSIONED),
         "machine": machine(),
         "training time": f"{sum(seconds) / 60:.1f} min over the {len(seconds)} runs of this table"
                          + (f" ({sum(seconds) / len(seconds):.0f} s each on average; runs shared with other "
@@ -223,29 +224,7 @@ def _first_seed(runs: Sequence[RunSpec]) -> List[RunSpec]:
 
 def machine() -> str:
     """CPU model, cores, torch threads and OS."""
-    cpu = platform.processor() or platform.machine()
-    cpuinfo = Path("/proc/cpuinfo")
-    if cpuinfo.is_file():
-        names = [line.split(":", 1)[1].strip() for line in cpuinfo.read_text().splitlines() if line.startswith("model name")]
-        cpu = names[0] if names else cpu
-    return f"{cpu}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), {platform.system()} {platform.release()}"
-
-
-def versions() -> str:
-    """Python, torch, torchrec, fbgemm and this package's git commit."""
-    found = [f"python {platform.python_version()}"]
-    for package in ("torch", "torchrec", "fbgemm-gpu-cpu", "fbgemm-gpu"):
-        try:
-            found.append(f"{package} {metadata.version(package)}")
-        except metadata.PackageNotFoundError:
-            continue
-    try:
-        commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, check=True,
-                                cwd=Path(__file__).resolve().parent).stdout.strip()
-        found.append(f"iarm-torchrec {commit}")
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return ", ".join(found)
+    return f"{cpu_name()}, {os.cpu_count()} cores, {torch.get_num_threads()} torch thread(s), {platform.system()} {platform.release()}"
 
 
 def main(argv: Optional[List[str]] = None) -> int:

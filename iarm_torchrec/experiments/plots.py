@@ -17,13 +17,13 @@ Example::
     True
 """
 
-import os
 from pathlib import Path
 from typing import Any, Sequence
 
 import torch
 
 from iarm_torchrec.experiments.results import Summary
+from iarm_torchrec.files import PathLike, atomic_path
 
 DPI = 100
 
@@ -40,14 +40,12 @@ def _pyplot() -> Any:
 
 
 def _save(fig: Any, path: Path) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.stem + ".tmp.png")
-    fig.savefig(tmp, dpi=DPI, bbox_inches="tight")
-    os.replace(tmp, path)
+    with atomic_path(path) as tmp:  # the temporary name has no image suffix: say the format
+        fig.savefig(tmp, dpi=DPI, bbox_inches="tight", format="png")
     return path
 
 
-def plot_layers(summaries: Sequence[Summary], path: "os.PathLike[str] | str", dataset: str) -> Path:
+def plot_layers(summaries: Sequence[Summary], path: PathLike, dataset: str) -> Path:
     """Test AUC (mean, with ± one standard deviation bars) against the number of interacting
     layers; ``summaries`` are the ``layers`` study's rows, whose ``group`` is the layer count."""
     plt = _pyplot()
@@ -72,7 +70,7 @@ def plot_layers(summaries: Sequence[Summary], path: "os.PathLike[str] | str", da
 
 
 def plot_heatmap(
-    scores: torch.Tensor, field_names: Sequence[str], title: str, path: "os.PathLike[str] | str"
+    scores: torch.Tensor, field_names: Sequence[str], title: str, path: PathLike
 ) -> Path:
     """An ``M x M`` attention map (row: the attending field, column: the field attended to)
     with the field names on both axes and the values written in the cells."""

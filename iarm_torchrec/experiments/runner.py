@@ -12,7 +12,6 @@ with the next run; its row is missing from the report until a repeated command t
 
 import json
 import logging
-import os
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,6 +19,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence
 
 from iarm_torchrec.experiments.presets import RunSpec
 from iarm_torchrec.experiments.results import load_metrics
+from iarm_torchrec.files import atomic_write_text
 from iarm_torchrec.train.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
@@ -98,7 +98,5 @@ def run_all(runs: Sequence[RunSpec], train: Optional[TrainFn] = None) -> List[Ru
 
 
 def _write_timing(run_dir: Path, seconds: float) -> None:
-    path = Path(run_dir) / TIMING_FILE
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps({"wall_seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}) + "\n")
-    os.replace(tmp, path)
+    timing = {"wall_seconds": round(seconds, 2), "finished": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    atomic_write_text(Path(run_dir) / TIMING_FILE, json.dumps(timing) + "\n")

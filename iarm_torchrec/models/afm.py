@@ -1,7 +1,7 @@
 """AFM: Attentional Factorization Machines (Xiao et al., IJCAI 2017), on the shared field embedding."""
 
 import dataclasses
-from typing import Optional, Sequence, Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn

@@ -1,7 +1,6 @@
 """AutoInt (Song et al., CIKM 2019): IARM's interacting layers and output, without the interest arch."""
 
 import dataclasses
-from typing import Sequence
 
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from typing_extensions import Unpack

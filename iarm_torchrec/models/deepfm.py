@@ -4,7 +4,6 @@ import dataclasses
 from typing import Optional, Sequence
 
 import torch
-from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack

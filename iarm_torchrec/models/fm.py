@@ -1,10 +1,9 @@
 """FM: Factorization Machines (Rendle, ICDM 2010), on the shared field embedding."""
 
 import dataclasses
-from typing import Optional, Sequence
+from typing import Optional
 
 import torch
-from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack

@@ -9,7 +9,6 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
-from iarm_torchrec.features import FeatureConfig
 from iarm_torchrec.models.config import ModelConfig
 from iarm_torchrec.models.field_model import FieldModel, FieldOptions
 from iarm_torchrec.modules.interacting import InteractingArch

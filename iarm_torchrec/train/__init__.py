@@ -1,4 +1,4 @@
-"""Distributed training: settings, sharding, the training loop, evaluation, checkpoints, export."""
+"""Distributed training: settings, sharding, the training loop, evaluation, checkpoints."""
 
 from iarm_torchrec.train.settings import TrainSettings
 

@@ -17,12 +17,12 @@ Example::
 
 import os
 import socket
+import warnings
 from dataclasses import dataclass
 from datetime import timedelta
-from typing import List
-
 import torch
 import torch.distributed as dist
+from torchmetrics.utilities.distributed import gather_all_tensors
 
 _TIMEOUT = timedelta(minutes=30)
 
@@ -87,23 +87,13 @@ class DistEnv:
         dist.barrier()
 
     def gather_all(self, tensor: torch.Tensor) -> torch.Tensor:
-        """Every rank's 1-D ``tensor`` (lengths may differ), concatenated in rank order, on every rank."""
-        tensor = tensor.to(self.device).contiguous()
-        size = torch.tensor([tensor.numel()], device=self.device)
-        sizes: List[torch.Tensor] = [torch.zeros_like(size) for _ in range(self.world_size)]
-        dist.all_gather(sizes, size)
-        longest = int(max(s.item() for s in sizes))
-        padded = torch.zeros(longest, dtype=tensor.dtype, device=self.device)
-        padded[: tensor.numel()] = tensor
-        parts = [torch.empty_like(padded) for _ in range(self.world_size)]
-        dist.all_gather(parts, padded)
-        return torch.cat([p[: int(s.item())] for p, s in zip(parts, sizes)]).cpu()
-
-    def broadcast_object(self, obj: object) -> object:
-        """Rank 0's ``obj`` on every rank."""
-        box = [obj]
-        dist.broadcast_object_list(box, src=0)
-        return box[0]
+        """Every rank's 1-D ``tensor`` (lengths may differ), concatenated in rank order, on every
+        rank (on CPU); torchmetrics' ``gather_all_tensors`` pads, gathers and trims."""
+        with warnings.catch_warnings():
+            # torchmetrics 1.0.3 trims unequal sizes with x[list of slices], which torch still
+            # reads as x[tuple] but warns about on every call
+            warnings.filterwarnings("ignore", message="Using a non-tuple sequence for multidimensional indexing")
+            return torch.cat(gather_all_tensors(tensor.to(self.device))).cpu()
 
     def close(self) -> None:
         if dist.is_initialized():

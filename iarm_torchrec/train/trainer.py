@@ -17,6 +17,7 @@ The run folder's files are listed in :mod:`~iarm_torchrec.train.layout`.
 """
 
 import itertools
+import json
 import logging
 import os
 import sys

@@ -7,19 +7,16 @@ the vocabulary and numeric statistics saved in the export (the data side's
 click probability per input row, in input order.
 """
 
-import os
 import tempfile
 from pathlib import Path
-from typing import Union
 
 import torch
 from tqdm import tqdm
 
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
-from iarm_torchrec.train.export import model_from_payload, read_export, write_data_files
-
-PathLike = Union[str, "os.PathLike[str]"]
+from iarm_torchrec.files import PathLike, atomic_write_text
+from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 
 
 def predict(
@@ -44,9 +41,5 @@ def predict(
                 probabilities = torch.sigmoid(model(batch.dense_features, batch.sparse_features))
                 scores.append(probabilities[batch.labels != PADDING_LABEL])
         result = torch.cat(scores)
-    out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp_out = out.with_name(out.name + ".tmp")
-    tmp_out.write_text("".join(f"{p:.6g}\n" for p in result.tolist()))
-    os.replace(tmp_out, out)
+    atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))
     return result

@@ -12,27 +12,26 @@ it was sharded) into one process with ``torch.distributed.checkpoint``, and save
 
 Everything in it is a tensor or plain data, so ``torch.load(FILE, weights_only=True)``
 reads it. :func:`load_exported` rebuilds the model in one process; ``data_files`` (the
-preprocessed folder without its splits) lets :mod:`~iarm_torchrec.train.predict` encode new
+preprocessed folder without its splits) lets :mod:`~iarm_torchrec.inference.predict` encode new
 raw files with the training vocabulary.
 """
 
 import json
-import os
 from pathlib import Path
-from typing import Any, Dict, Optional, Union
+from typing import Any, Dict, Optional
 
 import torch
 from torch import nn
 
 from iarm_torchrec.data.preprocess import VOCAB_DIR
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
+from iarm_torchrec.files import PathLike, atomic_path
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import config_from_dict
 from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, RUN_FILE
 
 FORMAT = "iarm_torchrec.export/1"
-PathLike = Union[str, "os.PathLike[str]"]
 
 
 def best_checkpoint(run_dir: Path) -> Path:
@@ -72,10 +71,8 @@ def export_run(run_dir: PathLike, out_file: PathLike, checkpoint: Optional[PathL
         "checkpoint": path.name,
     }
     out = Path(out_file)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    torch.save(payload, tmp)
-    os.replace(tmp, out)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
     return out
 
 
