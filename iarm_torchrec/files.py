@@ -19,6 +19,7 @@ Example::
 """
 
 import contextlib
+import errno
 import json
 import math
 import os
@@ -41,12 +42,19 @@ def atomic_path(path: PathLike) -> Iterator[Path]:
     try:
         yield tmp
         os.replace(tmp, final)
-    except BaseException:
+    except BaseException as error:
         if tmp.is_dir() and not tmp.is_symlink():
             shutil.rmtree(tmp, ignore_errors=True)
         with contextlib.suppress(FileNotFoundError):
             tmp.unlink()
+        if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+            raise disk_full(final) from error
         raise
+
+
+def disk_full(path: PathLike) -> OSError:
+    """The error of a write to ``path`` that ran out of space: ``disk full while writing PATH``."""
+    return OSError(errno.ENOSPC, f"disk full while writing {path}", str(path))
 
 
 def atomic_write_bytes(path: PathLike, data: bytes) -> Path:
