@@ -3,7 +3,10 @@
 :func:`build_run` does, on every rank, what has to happen before the first step:
 
 1. refuses what cannot work, before it writes anything: a global batch that does not split over
-   the ranks, a fresh start into a run folder that already holds checkpoints;
+   the ranks, a fresh start into a run folder that already holds checkpoints, a ``--resume``
+   whose settings differ from the run's in more than :data:`RESUME_MAY_CHANGE`; then rank 0
+   locks the run folder for the whole run (:mod:`~iarm_torchrec.locks`: a second training into
+   the same ``--out`` is refused, naming the owner);
 2. finds or makes the preprocessed data (rank 0 preprocesses, the others wait);
 3. builds the model from the feature spec on ``meta`` through the registry, shards it with
    ``DistributedModelParallel`` and a fused sparse optimizer
@@ -14,8 +17,9 @@
 The loop that trains with it is :class:`~iarm_torchrec.train.trainer.Trainer`.
 """
 
+import json
 import logging
-import shutil
+
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Optional
@@ -26,14 +30,15 @@ from torch import nn
 from iarm_torchrec.data.cache import DataSource, prepare_data
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
-from iarm_torchrec.files import atomic_write_json
+from iarm_torchrec.files import atomic_write_bytes, atomic_write_json, strict_json
+from iarm_torchrec.locks import acquire, release
 from iarm_torchrec.models.config import ModelConfig
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import make_config, model_config_dict
 from iarm_torchrec.train.checkpoint import CheckpointManager
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, MODEL_FILE, RUN_FILE, TENSORBOARD_DIR
-from iarm_torchrec.train.settings import TrainSettings
+from iarm_torchrec.train.settings import SETTINGS_FILE, TrainSettings
 from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
 
 logger = logging.getLogger(__name__)
@@ -69,6 +74,19 @@ class TrainingRun:
     test_loader: ShardedBatchLoader
     checkpoints: CheckpointManager
     writer: Optional[Any]
+    lock: Optional[Path] = None
+
+    def close(self) -> None:
+        """Release the run folder's lock (rank 0), when the run ends or fails."""
+        if self.lock is not None:
+            release(self.lock)
+            self.lock = None
+
+
+RESUME_MAY_CHANGE = frozenset(
+    {"epochs", "checkpoint_every", "early_stopping_patience", "resume", "out", "device", "cache_dir", "max_steps_per_epoch"}
+)
+"""Settings a ``--resume`` may change; any other change would make the resumed run another run."""
 
 
 def data_source(settings: TrainSettings) -> DataSource:
@@ -90,6 +108,33 @@ def check_startable(settings: TrainSettings, env: DistEnv, checkpoints: Checkpoi
         raise ValueError(
             f"{settings.out} already holds checkpoints of a run: pass --resume to continue it, or give another --out"
         )
+    if settings.resume:
+        check_resume_settings(settings)
+
+
+def check_resume_settings(settings: TrainSettings) -> None:
+    """Refuse a ``--resume`` whose settings differ from the run folder's ``settings.json`` in
+    anything but :data:`RESUME_MAY_CHANGE` (one message listing every change, old -> new)."""
+    saved_file = Path(settings.out) / SETTINGS_FILE
+    if not saved_file.is_file():
+        return
+    try:
+        saved = json.loads(saved_file.read_text())
+    except (OSError, ValueError) as error:
+        raise ValueError(f"{saved_file}: cannot be read to compare with the resumed settings ({error})") from None
+    defaults = TrainSettings().to_dict()
+    new = json.loads(json.dumps(strict_json(settings.to_dict())))
+    changed = [
+        f"{key} {json.dumps(saved.get(key, defaults.get(key)))} -> {json.dumps(value)}"
+        for key, value in new.items()
+        if key not in RESUME_MAY_CHANGE and saved.get(key, defaults.get(key)) != value
+    ]
+    if changed:
+        raise ValueError(
+            f"{settings.out}: --resume with settings that differ from the run's {saved_file}: {'; '.join(changed)}. "
+            f"Only {', '.join(sorted(RESUME_MAY_CHANGE - {'resume', 'out'}))} may change on resume; "
+            "give another --out to train with the new settings"
+        )
 
 
 def build_run(settings: TrainSettings, env: DistEnv) -> TrainingRun:
@@ -97,6 +142,18 @@ def build_run(settings: TrainSettings, env: DistEnv) -> TrainingRun:
     run_dir = Path(settings.out)
     checkpoints = CheckpointManager(run_dir / CHECKPOINT_DIR, env)
     check_startable(settings, env, checkpoints)
+    lock = acquire(run_dir, "iarm train") if env.is_main else None
+    try:
+        return _build(settings, env, run_dir, checkpoints, lock)
+    except BaseException:
+        if lock is not None:
+            release(lock)
+        raise
+
+
+def _build(
+    settings: TrainSettings, env: DistEnv, run_dir: Path, checkpoints: CheckpointManager, lock: Optional[Path]
+) -> TrainingRun:
     data_dir = prepare_data(data_source(settings), env.is_main, env.barrier)
     spec = FeatureSpec.load(data_dir)
     model_config = make_config(settings.model, spec.to_feature_config(settings.embedding_dim), **settings.model_config)
@@ -128,6 +185,7 @@ def build_run(settings: TrainSettings, env: DistEnv) -> TrainingRun:
         test_loader=ShardedBatchLoader(data_dir, "test", drop_last=False, **local),
         checkpoints=checkpoints,
         writer=tensorboard_writer(run_dir) if env.is_main else None,
+        lock=lock,
     )
 
 
@@ -136,7 +194,7 @@ def write_run_files(run_dir: Path, settings: TrainSettings, model_config: ModelC
     run_dir.mkdir(parents=True, exist_ok=True)
     settings.save(run_dir)
     atomic_write_json(run_dir / MODEL_FILE, model_config_dict(model_config))
-    shutil.copyfile(data_dir / SPEC_FILE, run_dir / SPEC_FILE)
+    atomic_write_bytes(run_dir / SPEC_FILE, (data_dir / SPEC_FILE).read_bytes())
     atomic_write_json(run_dir / RUN_FILE, {"data_dir": str(data_dir.resolve())})
 
 

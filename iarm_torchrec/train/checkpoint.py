@@ -8,13 +8,16 @@ A checkpoint is a folder ``RUN/checkpoints/step-SSSSSSSS`` holding
 * ``rng-<rank>.pt``: each rank's torch random state;
 * ``progress.json`` (written last): where training stands, an exact data position
   (epoch, batches of it done, steps in all), the best validation AUC so far and which
-  checkpoint holds it, the per-epoch metrics, and a manifest of every file with its size.
+  checkpoint holds it, the per-epoch metrics, and a manifest of every file with its size and
+  sha256 (:mod:`~iarm_torchrec.integrity`).
 
 Saving writes into ``step-SSSSSSSS.tmp``; after a barrier rank 0 writes ``progress.json``
 and renames the folder, so a folder without ``.tmp`` is complete. The newest ones
 (:data:`KEEP_LAST`) and the best one are kept, older ones removed. Loading checks the
-manifest first: a damaged checkpoint raises :class:`CheckpointError` naming the file, and
-:meth:`CheckpointManager.latest` falls back to the newest one that is intact.
+manifest first (sizes, then checksums): a damaged checkpoint raises :class:`CheckpointError`
+naming the file, and :meth:`CheckpointManager.latest` falls back to the newest one that is
+intact. A checkpoint that passes the manifest but that ``torch.distributed.checkpoint`` cannot
+load (its ``CheckpointException`` derives from ``BaseException``) is damage too.
 """
 
 import json
@@ -24,13 +27,16 @@ import re
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional
+from typing import Any, Dict, List, Optional, Tuple
 
 import torch
 import torch.distributed.checkpoint as dcp
 from torch import nn
+from torch.distributed.checkpoint.api import CheckpointException
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 
+from iarm_torchrec.files import atomic_write_json
+from iarm_torchrec.integrity import file_manifest, verify_files
 from iarm_torchrec.train.distributed import DistEnv
 
 logger = logging.getLogger(__name__)
@@ -110,9 +116,9 @@ class CheckpointManager:
         torch.save(_rng_state(), tmp / f"rng-{self.env.rank}.pt")
         self.env.barrier()
         if self.env.is_main:
-            manifest = {p.name: p.stat().st_size for p in sorted(tmp.iterdir())}
+            manifest = file_manifest(tmp, sorted(p.name for p in tmp.iterdir() if p.is_file()))
             record = {"progress": asdict(progress), "world_size": self.env.world_size, "files": manifest}
-            (tmp / PROGRESS_FILE).write_text(json.dumps(record, indent=2) + "\n")
+            atomic_write_json(tmp / PROGRESS_FILE, record)
             shutil.rmtree(final, ignore_errors=True)
             os.replace(tmp, final)
             self._prune(keep=progress.best_checkpoint)
@@ -127,32 +133,34 @@ class CheckpointManager:
 
     def verify(self, path: Path) -> Progress:
         """The progress recorded in checkpoint ``path``, after checking that every file it
-        lists is there with its size; :class:`CheckpointError` naming what is wrong otherwise."""
+        lists is there with its size and checksum; :class:`CheckpointError` naming what is wrong otherwise."""
         path = Path(path)
         record_file = path / PROGRESS_FILE
         if not record_file.is_file():
             raise CheckpointError(f"{path}: not a complete checkpoint (no {PROGRESS_FILE}){self._fallback_hint(path)}")
         try:
-            record = json.loads(record_file.read_text())
+            record = json.loads(record_file.read_bytes().decode("utf-8"))
             progress = Progress(**record["progress"])
-            files: Dict[str, int] = record["files"]
-        except (json.JSONDecodeError, KeyError, TypeError) as error:
-            raise CheckpointError(f"{record_file}: damaged ({error}){self._fallback_hint(path)}") from None
-        for name, size in files.items():
-            file = path / name
-            actual = file.stat().st_size if file.is_file() else None
-            if actual != size:
-                state = "missing" if actual is None else f"{actual} bytes, {size} were written"
-                raise CheckpointError(f"{file}: damaged checkpoint file ({state}){self._fallback_hint(path)}")
+            files: Dict[str, Any] = record["files"]
+            if not isinstance(files, dict):
+                raise TypeError("its file list is not a JSON object")
+        except (ValueError, KeyError, TypeError, AttributeError) as error:  # UnicodeDecodeError, JSONDecodeError
+            raise CheckpointError(f"{record_file}: damaged ({type(error).__name__}: {error}){self._fallback_hint(path)}") from None
+        problem = verify_files(path, files)
+        if problem is not None:
+            raise CheckpointError(f"{problem}{self._fallback_hint(path)}")
         return progress
 
     def _fallback_hint(self, path: Path) -> str:
         older = [p for p in self.complete() if p.name < path.name]
         return f"; the previous checkpoint {older[-1]} may be used instead" if older else ""
 
-    def latest(self) -> Optional[Path]:
-        """The newest intact checkpoint (damaged newer ones are reported and skipped)."""
+    def latest(self, before: Optional[Path] = None) -> Optional[Path]:
+        """The newest intact checkpoint (damaged newer ones are reported and skipped); with
+        ``before``, the newest intact one older than that checkpoint."""
         for path in reversed(self.complete()):
+            if before is not None and path.name >= Path(before).name:
+                continue
             try:
                 self.verify(path)
                 return path
@@ -169,8 +177,8 @@ class CheckpointManager:
             state["optimizer"] = optimizer.state_dict()
         try:
             dcp.load(state, checkpoint_id=path)
-        except Exception as error:  # DCP wraps per-rank failures; name the checkpoint
-            raise CheckpointError(f"{path}: cannot be loaded ({type(error).__name__}: {error})") from error
+        except (Exception, CheckpointException) as error:  # DCP wraps per-rank failures in a BaseException
+            raise CheckpointError(f"{path}: damaged, cannot be loaded ({type(error).__name__}: {_first_line(error)})") from None
         model.load_state_dict(state["model"])
         if optimizer is not None:
             optimizer.load_state_dict(state["optimizer"])
@@ -178,6 +186,28 @@ class CheckpointManager:
             if rng_file.is_file():  # absent when resumed with more ranks than saved
                 torch.set_rng_state(torch.load(rng_file, weights_only=True)["torch"])
         return progress
+
+
+def load_with_fallback(
+    manager: CheckpointManager, path: Path, model: nn.Module, optimizer: KeyedOptimizer, fallback: bool
+) -> Tuple[Path, Progress]:
+    """Load ``path``; when it turns out damaged while loading and ``fallback`` is set (``--resume
+    latest``), the previous intact checkpoint instead (reported), until one loads. Collective: a
+    failed ``dcp.load`` fails on every rank, so every rank falls back to the same checkpoint."""
+    while True:
+        try:
+            return path, manager.load(path, model, optimizer)
+        except CheckpointError as error:
+            older = manager.latest(before=path) if fallback else None
+            if older is None:
+                raise
+            logger.warning("skipping a damaged checkpoint: %s; using %s", error, older)
+            path = older
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip().splitlines()
+    return text[0][:300] if text else ""
 
 
 def _rng_state() -> Dict[str, torch.Tensor]:

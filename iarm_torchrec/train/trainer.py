@@ -33,9 +33,10 @@ from tqdm import tqdm
 from iarm_torchrec.data.cache import ground_truth_file
 from iarm_torchrec.files import atomic_write_json, atomic_write_text
 from iarm_torchrec.train.builder import TrainingRun, build_run
-from iarm_torchrec.train.checkpoint import CheckpointError, Progress, checkpoint_name
+from iarm_torchrec.train.checkpoint import CheckpointError, Progress, checkpoint_name, load_with_fallback
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
+from iarm_torchrec.train.guards import check_loss, finite_or_worst, require_best
 from iarm_torchrec.train.layout import METRICS_FILE, SUMMARY_FILE
 from iarm_torchrec.train.settings import TrainSettings
 
@@ -77,7 +78,7 @@ class Trainer:
                 raise CheckpointError(f"every checkpoint in {self.run.checkpoints.root} is damaged ({damaged[-1].name} ...)")
             logger.info("no checkpoint in %s yet: starting afresh", self.run.checkpoints.root)
             return Progress()
-        progress = self.run.checkpoints.load(path, self.run.model, self.run.optimizer)
+        path, progress = load_with_fallback(self.run.checkpoints, path, self.run.model, self.run.optimizer, choice == "latest")
         logger.info("resumed from %s (epoch %d, batch %d, step %d)", path, progress.epoch, progress.batch, progress.step)
         return progress
 
@@ -112,6 +113,7 @@ class Trainer:
                 loss, _, _ = self.pipeline.progress(batches)
             except StopIteration:
                 break
+            check_loss(loss, progress, s)
             local_loss += loss.double()
             progress.batch += 1
             progress.step += 1
@@ -142,7 +144,7 @@ class Trainer:
     def _end_epoch(self, progress: Progress, samples_per_s: float) -> None:
         s = self.settings
         result = evaluate(self.pipeline, self.run.model, self.run.valid_loader, self.env)
-        improved = result.auc > progress.best_auc
+        improved = finite_or_worst(result.auc) > progress.best_auc
         record = {
             "epoch": progress.epoch,
             "step": progress.step,
@@ -174,8 +176,7 @@ class Trainer:
         self.run.checkpoints.save(self.run.model, self.run.optimizer, progress)
 
     def _finish(self, progress: Progress) -> Dict[str, Any]:
-        if progress.best_checkpoint is None:
-            raise RuntimeError("no epoch finished, so there is no model to test: check --epochs")
+        require_best(progress)
         best = self.run.checkpoints.root / progress.best_checkpoint
         self.run.checkpoints.load(best, self.run.model)
         test = evaluate(self.pipeline, self.run.model, self.run.test_loader, self.env)
@@ -191,7 +192,7 @@ class Trainer:
         return metrics
 
     def _metrics(self, progress: Progress, test: EvalResult) -> Dict[str, Any]:
-        best = max(progress.history, key=lambda r: r["valid_auc"])
+        best = max(progress.history, key=lambda r: finite_or_worst(r["valid_auc"]))
         metrics: Dict[str, Any] = {
             "dataset": self.settings.dataset,
             "model": self.settings.model,
@@ -242,9 +243,13 @@ def train(settings: TrainSettings, callbacks: Sequence[StepCallback] = ()) -> Di
     """Run ``settings`` on this rank (alone, or as one rank of a launched job); ``callbacks``
     are called after every training step."""
     env = DistEnv.from_environment(settings.device)
+    run = None
     try:
-        return Trainer(build_run(settings, env), callbacks).fit()
+        run = build_run(settings, env)
+        return Trainer(run, callbacks).fit()
     finally:
+        if run is not None:
+            run.close()  # the run folder's lock
         env.close()
 
 
