@@ -62,11 +62,23 @@ def read_owner(lock: Path) -> Optional[Dict[str, Any]]:
         return None
 
 
-def acquire(folder: PathLike, purpose: str) -> Path:
-    """Take ``folder``'s lock (creating the folder); :class:`FolderLocked` when a live process holds it."""
-    folder = Path(folder)
-    folder.mkdir(parents=True, exist_ok=True)
-    lock = folder / LOCK_FILE
+def acquire(folder: PathLike, purpose: str, lock_file: Optional[PathLike] = None, wait_s: float = 0.0) -> Path:
+    """Take ``folder``'s lock (creating the folder); :class:`FolderLocked` when a live process
+    holds it (after waiting up to ``wait_s`` seconds for it to let go). ``lock_file`` places the
+    lock elsewhere than ``FOLDER/.iarm.lock`` (e.g. beside a folder that does not exist yet)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _acquire(Path(folder), purpose, Path(lock_file) if lock_file else None)
+        except FolderLocked:
+            if time.monotonic() >= deadline:
+                raise
+            time.sleep(0.5)
+
+
+def _acquire(folder: Path, purpose: str, lock_file: Optional[Path]) -> Path:
+    lock = lock_file or folder / LOCK_FILE
+    lock.parent.mkdir(parents=True, exist_ok=True)
     me = json.dumps({**_owner(), "purpose": purpose}).encode()
     for _ in range(3):
         try:
@@ -106,9 +118,9 @@ def release(lock: Path) -> None:
 
 
 @contextlib.contextmanager
-def folder_lock(folder: PathLike, purpose: str) -> Iterator[Path]:
-    """Hold ``folder``'s lock for the block."""
-    lock = acquire(folder, purpose)
+def folder_lock(folder: PathLike, purpose: str, lock_file: Optional[PathLike] = None, wait_s: float = 0.0) -> Iterator[Path]:
+    """Hold ``folder``'s lock for the block (see :func:`acquire`)."""
+    lock = acquire(folder, purpose, lock_file, wait_s)
     try:
         yield lock
     finally:

@@ -12,7 +12,7 @@ from typing import List, Optional, Tuple
 import numpy as np
 
 from iarm_torchrec.data.rows import PATHS, Chunk, RawRows, RowReader, find_file, open_file, parse_ints, parse_labels
-from iarm_torchrec.data.rows import plan_chunks, read_chunk, split_table
+from iarm_torchrec.data.rows import naming, plan_chunks, read_chunk, split_table
 from iarm_torchrec.data.vocab import token_keys
 
 CAT_FIELDS = [
@@ -60,10 +60,10 @@ class AvazuReader(RowReader):
     user_fields = ["device_id", "device_ip", "device_model", "device_type", "device_conn_type"]
     time_ordered = True
 
-    def __init__(self, source: str, *, labelled: bool = True, skip_bad_rows: bool = False) -> None:
-        super().__init__(source, labelled=labelled, skip_bad_rows=skip_bad_rows)
+    def __init__(self, source: str, *, labelled: bool = True, skip_bad_rows: bool = False, **limits: int) -> None:
+        super().__init__(source, labelled=labelled, skip_bad_rows=skip_bad_rows, **limits)
         self.path = avazu_file(source)
-        with open_file(self.path) as f:
+        with open_file(self.path) as f, naming(self.path):
             header = f.readline().rstrip(b"\r\n").decode("ascii", errors="replace").split(",")
         self.header = header
         required = (["click"] if labelled else []) + ["hour"] + CAT_FIELDS
@@ -81,7 +81,8 @@ class AvazuReader(RowReader):
 
     def parse(self, chunk: Chunk, data: Optional[bytes]) -> RawRows:
         table = split_table(
-            read_chunk(chunk, data), chunk, b",", ", ".join(self.header), len(self.header), self.skip_bad_rows
+            read_chunk(chunk, data), chunk, b",", ", ".join(self.header), len(self.header), self.skip_bad_rows,
+            **self.limits,
         )
         labels = parse_labels(table, self.column["click"], "click") if self.labelled else None
         hours = parse_ints(table, self.column["hour"], "hour", allow_missing=False)

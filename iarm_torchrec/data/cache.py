@@ -10,11 +10,15 @@ data.
 
 Example::
 
-    >>> from pathlib import Path
-    >>> a = DataSource("criteo", "/raw/criteo", Path("/cache"), {"min_count": 5}, synthetic_rows=1000)
+    >>> import tempfile
+    >>> raw = Path(tempfile.mkdtemp()) / "train.txt"; _ = raw.write_text("1\\t2\\n")
+    >>> a = DataSource("criteo", str(raw), Path("/cache"), {"min_count": 5}, synthetic_rows=1000)
     >>> cache_dir(a).parent, cache_dir(a).name.startswith("criteo-")
     (PosixPath('/cache'), True)
-    >>> cache_dir(a) == cache_dir(DataSource("criteo", "/raw/criteo", Path("/cache"), {"min_count": 6}, 1000))
+    >>> cache_dir(a) == cache_dir(DataSource("criteo", str(raw), Path("/cache"), {"min_count": 6}, 1000))
+    False
+    >>> before = cache_dir(a); _ = raw.write_text("0\\t3\\n")   # same path and size, new content
+    >>> cache_dir(a) == before
     False
 """
 
@@ -26,9 +30,10 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, Optional
+from typing import Any, Callable, Dict, List, Optional
 
 from iarm_torchrec.data.preprocess import preprocess
+from iarm_torchrec.locks import folder_lock
 from iarm_torchrec.data.spec import SPEC_FILE
 from iarm_torchrec.data.synthetic import GROUND_TRUTH_FILE, make_synthetic_dataset
 
@@ -50,6 +55,8 @@ class DataSource:
         options: keyword options of :func:`~iarm_torchrec.data.preprocess.preprocess`
             (``field_set``, ``min_count``, ...); unused by ``synthetic``.
         synthetic_rows: rows of the ``synthetic`` dataset.
+        full_hash: identify the raw files by a sha256 of their whole content (slow for large
+            files) instead of size, modification time and their first and last MiB.
     """
 
     dataset: str
@@ -57,23 +64,96 @@ class DataSource:
     cache_root: Path
     options: Dict[str, Any]
     synthetic_rows: int
+    full_hash: bool = False
+
+
+SOURCE_FILE = "source.json"
+"""In each cache folder: its :func:`cache_key` (what it was made from)."""
+FINGERPRINT_BYTES = 1 << 20
+WAIT_FOR_OTHER_S = 24 * 3600.0
+
+
+def source_files(dataset: str, source: str) -> List[Path]:
+    """The raw files ``source`` of ``dataset`` is read from (as the dataset's reader finds them)."""
+    from iarm_torchrec.data.avazu import avazu_file
+    from iarm_torchrec.data.criteo import criteo_files
+    from iarm_torchrec.data.rows import find_file
+
+    if dataset == "criteo":
+        return [Path(p) for p in criteo_files(source)]
+    if dataset == "avazu":
+        return [Path(avazu_file(source))]
+    if dataset == "movielens-1m":
+        if not Path(source).is_dir():
+            raise NotADirectoryError(f"{source}: expected the MovieLens-1M folder (users.dat, movies.dat, ratings.dat)")
+        return [Path(find_file(source, [f"{name}.dat"])) for name in ("users", "movies", "ratings")]
+    raise ValueError(f"unknown dataset {dataset!r}")
+
+
+def file_identity(path: Path, full_hash: bool = False) -> Dict[str, Any]:
+    """A raw file's identity: size, modification time (ns) and a content fingerprint (sha256 of
+    the size and the first and last MiB; of the whole file with ``full_hash``)."""
+    st = path.stat()
+    digest = hashlib.sha256(str(st.st_size).encode())
+    with open(path, "rb") as handle:
+        if full_hash:
+            for block in iter(lambda: handle.read(8 << 20), b""):
+                digest.update(block)
+        else:
+            digest.update(handle.read(FINGERPRINT_BYTES))
+            if st.st_size > FINGERPRINT_BYTES:
+                handle.seek(max(st.st_size - FINGERPRINT_BYTES, FINGERPRINT_BYTES))
+                digest.update(handle.read(FINGERPRINT_BYTES))
+    kind = "sha256" if full_hash else "sha256_head_tail"
+    return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, kind: digest.hexdigest()}
 
 
 def cache_key(source: DataSource) -> Dict[str, Any]:
     """What the preprocessed data depends on."""
     if source.dataset == "synthetic":
         return {"dataset": "synthetic", "rows": source.synthetic_rows, "seed": SYNTHETIC_SEED}
+    full = source.full_hash or os.environ.get("IARM_CACHE_FULL_HASH", "") not in ("", "0")
     return {
         "dataset": source.dataset,
         "source": str(Path(source.data_dir or "").resolve()),
         "options": dict(source.options),
+        "files": [file_identity(p, full) for p in source_files(source.dataset, source.data_dir or "")],
     }
 
 
-def cache_dir(source: DataSource) -> Path:
+def cache_dir(source: DataSource, key: Optional[Dict[str, Any]] = None) -> Path:
     """``cache_root/<dataset>-<hash of cache_key>``: the preprocessed folder of ``source``."""
-    key = json.dumps(cache_key(source), sort_keys=True)
-    return Path(source.cache_root) / f"{source.dataset}-{hashlib.sha1(key.encode()).hexdigest()[:12]}"
+    text = json.dumps(cache_key(source) if key is None else key, sort_keys=True)
+    return Path(source.cache_root) / f"{source.dataset}-{hashlib.sha1(text.encode()).hexdigest()[:12]}"
+
+
+def why_new(source: DataSource, key: Dict[str, Any]) -> str:
+    """Why ``source`` has no cache yet: the raw files that changed since an earlier cache of the
+    same source and options, or that there is none."""
+    if source.dataset == "synthetic":
+        return "no cache of it yet"
+    root = Path(source.cache_root)
+    for old_file in sorted(root.glob(f"{source.dataset}-*/{SOURCE_FILE}"), key=lambda p: p.stat().st_mtime, reverse=True):
+        try:
+            old = json.loads(old_file.read_text())
+        except (OSError, ValueError):
+            continue
+        if (old.get("source"), old.get("options")) != (key["source"], key["options"]):
+            continue
+        before = {f["path"]: f for f in old.get("files", [])}
+        changes = []
+        for f in key["files"]:
+            was = before.get(f["path"])
+            if was is None:
+                changes.append(f"{f['path']} is new")
+            elif was != f:
+                what = [k for k in ("size", "mtime_ns", "sha256_head_tail", "sha256") if was.get(k) != f.get(k)]
+                detail = f"size {was['size']} -> {f['size']} bytes" if "size" in what else ", ".join(what) + " differ"
+                changes.append(f"{f['path']} changed ({detail})")
+        changes += [f"{p} is gone" for p in before if p not in {f["path"] for f in key["files"]}]
+        if changes:
+            return f"the raw input changed since {old_file.parent} was made: {'; '.join(changes)}"
+    return "no cache of it yet"
 
 
 def prepare_data(source: DataSource, is_main: bool, barrier: Callable[[], None]) -> Path:
@@ -82,10 +162,11 @@ def prepare_data(source: DataSource, is_main: bool, barrier: Callable[[], None])
 
     The other ranks poll for the folder before the barrier: preprocessing a large dataset
     outlasts a collective's timeout (if the main rank fails, the launcher stops them)."""
-    target = cache_dir(source)
+    key = cache_key(source)
+    target = cache_dir(source, key)
     if is_main:
         if not (target / SPEC_FILE).is_file():
-            _build(source, target)
+            _build(source, target, key)
     else:
         waited = 0.0
         while not (target / SPEC_FILE).is_file():
@@ -103,14 +184,24 @@ def ground_truth_file(data_dir: Path) -> Optional[Path]:
     return path if path.is_file() else None
 
 
-def _build(source: DataSource, target: Path) -> None:
-    tmp = target.with_name(target.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.parent.mkdir(parents=True, exist_ok=True)
-    logger.info("preprocessing %s into %s", source.dataset, target)
-    if source.dataset == "synthetic":
-        make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED)
-    else:
-        preprocess(source.dataset, source.data_dir, tmp, **source.options)
-    shutil.rmtree(target, ignore_errors=True)
-    os.replace(tmp, target)
+def _build(source: DataSource, target: Path, key: Dict[str, Any]) -> None:
+    """Preprocess into ``target`` under its lock (``.NAME.lock`` beside it; another process
+    building the same folder is waited for), through a temporary folder of this process."""
+    lock_file = target.with_name(f".{target.name}.lock")
+    with folder_lock(target, f"preprocessing {source.dataset}", lock_file=lock_file, wait_s=WAIT_FOR_OTHER_S):
+        if (target / SPEC_FILE).is_file():  # another process made it while this one waited
+            return
+        tmp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        logger.info("preprocessing %s into %s (%s)", source.dataset, target, why_new(source, key))
+        try:
+            if source.dataset == "synthetic":
+                make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED)
+            else:
+                preprocess(source.dataset, source.data_dir, str(tmp), **source.options)
+            (tmp / SOURCE_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")
+            shutil.rmtree(target, ignore_errors=True)
+            os.replace(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise

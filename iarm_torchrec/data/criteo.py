@@ -76,6 +76,7 @@ class CriteoReader(RowReader):
             columns=", ".join(names),
             n_columns=len(names),
             skip=self.skip_bad_rows,
+            **self.limits,
         )
         labels = parse_labels(table, 0) if self.labelled else None
         dense = np.stack([parse_ints(table, first + j, name) for j, name in enumerate(INT_FIELDS)], axis=1)

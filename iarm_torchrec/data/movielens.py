@@ -20,7 +20,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from iarm_torchrec.data.rows import PATHS, Chunk, RawRows, RowReader, Table, find_file, open_file, parse_ints
-from iarm_torchrec.data.rows import split_table
+from iarm_torchrec.data.rows import naming, split_table
 from iarm_torchrec.data.vocab import token_keys
 
 FIELD_SETS: Dict[str, Tuple[List[str], List[str], List[str]]] = {
@@ -56,6 +56,9 @@ class MovieLensReader(RowReader):
         labelled: must be ``True`` (every rating is a label).
         skip_bad_rows: drop and count bad lines instead of raising (ratings of a dropped user or
             movie are dropped and counted too).
+        keep_neutral: keep the rating-3 rows (labelled 0), which the training protocol drops;
+            ``iarm predict`` keeps them so that every input row gets a score.
+        max_field_bytes, max_line_bytes: length limits (see :mod:`iarm_torchrec.data.rows`).
     """
 
     dataset = "movielens-1m"
@@ -63,9 +66,17 @@ class MovieLensReader(RowReader):
     time_ordered = False
 
     def __init__(
-        self, source: str, *, field_set: str = "paper", labelled: bool = True, skip_bad_rows: bool = False
+        self,
+        source: str,
+        *,
+        field_set: str = "paper",
+        labelled: bool = True,
+        skip_bad_rows: bool = False,
+        keep_neutral: bool = False,
+        **limits: int,
     ) -> None:
-        super().__init__(source, labelled=labelled, skip_bad_rows=skip_bad_rows)
+        super().__init__(source, labelled=labelled, skip_bad_rows=skip_bad_rows, **limits)
+        self.keep_neutral = keep_neutral
         if field_set not in FIELD_SETS:
             raise ValueError(f"MovieLens field_set must be one of {sorted(FIELD_SETS)}, got {field_set!r}")
         if not labelled:
@@ -85,7 +96,7 @@ class MovieLensReader(RowReader):
 
     def _whole(self, name: str) -> Tuple[bytes, Chunk]:
         path = self.paths[name]
-        with open_file(path) as f:
+        with open_file(path) as f, naming(path):
             data = f.read()
         if not data.strip():
             raise ValueError(f"{path}: empty file (no rows)")
@@ -94,7 +105,7 @@ class MovieLensReader(RowReader):
 
     def _table(self, name: str, columns: List[str], ascii_only: bool = True) -> Table:
         data, chunk = self._whole(name)
-        return split_table(data, chunk, b"::", ", ".join(columns), len(columns), self.skip_bad_rows, ascii_only)
+        return split_table(data, chunk, b"::", ", ".join(columns), len(columns), self.skip_bad_rows, ascii_only, **self.limits)
 
     def parse(self, chunk: Chunk, data: Optional[bytes]) -> RawRows:
         if self._rows is None:
@@ -130,7 +141,7 @@ class MovieLensReader(RowReader):
         movie_row = _lookup(movie_ids[good], movie)
         check.flag_field(user_row < 0, "user_id", ratings.tokens[:, 0], f"is not a user of {self.paths['users']}")
         check.flag_field(movie_row < 0, "movie_id", ratings.tokens[:, 1], f"is not a movie of {self.paths['movies']}")
-        kept = ~check.bad & (rating != 3)
+        kept = ~check.bad & ((rating != 3) | self.keep_neutral)
 
         user_row, movie_row, timestamp = user_row[kept], movie_row[kept], timestamp[kept]
         columns = {name: user_keys[user_row, j] for j, name in enumerate(USER_COLUMNS)}

@@ -42,9 +42,10 @@ from iarm_torchrec.data.criteo import CriteoReader
 from iarm_torchrec.data.movielens import MovieLensReader
 from iarm_torchrec.data.numeric import TRANSFORMS, NumericStats, transform
 from iarm_torchrec.data.parts import write_part
-from iarm_torchrec.data.rows import Chunk, RawRows, RowReader, chunk_payloads
+from iarm_torchrec.data.rows import MAX_FIELD_BYTES, MAX_LINE_BYTES, Chunk, RawRows, RowReader, chunk_payloads
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, FeatureSpec, SparseFieldSpec
 from iarm_torchrec.data.splits import SplitConfig
+from iarm_torchrec.locks import folder_lock
 from iarm_torchrec.data.vocab import KEY_SCHEME, OOV_ID, HashedVocabulary, KeyCounter, Vocabulary, count_keys
 
 logger = logging.getLogger(__name__)
@@ -68,16 +69,21 @@ def make_reader(
     field_set: Optional[str] = None,
     labelled: bool = True,
     skip_bad_rows: bool = False,
+    max_field_bytes: int = MAX_FIELD_BYTES,
+    max_line_bytes: int = MAX_LINE_BYTES,
+    keep_neutral: bool = False,
 ) -> RowReader:
-    """The reader of ``dataset`` (one of ``DATASETS``) for ``source`` (a file or folder, any iopath path)."""
+    """The reader of ``dataset`` (one of ``DATASETS``) for ``source`` (a file or folder, any iopath path);
+    ``keep_neutral`` keeps MovieLens' rating-3 rows (for scoring every input row)."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
+    limits = dict(skip_bad_rows=skip_bad_rows, max_field_bytes=max_field_bytes, max_line_bytes=max_line_bytes)
     if dataset == "movielens-1m":
-        return MovieLensReader(source, field_set=field_set or "paper", labelled=labelled, skip_bad_rows=skip_bad_rows)
+        return MovieLensReader(source, field_set=field_set or "paper", labelled=labelled, keep_neutral=keep_neutral, **limits)
     if field_set not in (None, "default"):
         raise ValueError(f"field_set applies to movielens-1m only; {dataset} has one field set (got {field_set!r})")
     cls = CriteoReader if dataset == "criteo" else AvazuReader
-    return cls(source, labelled=labelled, skip_bad_rows=skip_bad_rows)
+    return cls(source, labelled=labelled, **limits)
 
 
 @dataclass
@@ -226,6 +232,21 @@ def _prepare_out(out_dir: str, overwrite: bool) -> Path:
     return out
 
 
+@contextlib.contextmanager
+def _writing(out_dir: str, overwrite: bool) -> Iterator[Path]:
+    """``out_dir`` prepared (:func:`_prepare_out`) and locked for the block; on failure what the
+    block wrote (splits, vocabularies, spec) is removed, so a rerun starts clean."""
+    with folder_lock(out_dir, "iarm data"):
+        out = _prepare_out(out_dir, overwrite)
+        try:
+            yield out
+        except BaseException:
+            for name in [SPEC_FILE, VOCAB_DIR, *SPLITS]:
+                path = out / name
+                shutil.rmtree(path, ignore_errors=True) if path.is_dir() else path.unlink(missing_ok=True)
+            raise
+
+
 def _field_list(value: Union[None, str, Sequence[str]]) -> Optional[List[str]]:
     if value is None or isinstance(value, list):
         return value
@@ -242,6 +263,12 @@ def _run_encode(job: _Job, chunks: Sequence[Chunk], pool: Optional[Pool]) -> _Wr
             total.max_length[name] = max(total.max_length.get(name, 0), n)
         total.skipped += w.skipped
         total.skipped_examples += w.skipped_examples[: 5 - len(total.skipped_examples)]
+    if not sum(total.rows.values()):
+        if total.skipped:
+            raise ValueError(
+                f"no rows left after skipping {total.skipped} bad rows in {job.reader.source}; first: {total.skipped_examples[0]}"
+            )
+        raise ValueError(f"{job.reader.source}: no rows to write (every row was dropped)")
     for split in SPLITS:
         (Path(job.out_dir) / split).mkdir(exist_ok=True)
     if total.skipped:
@@ -269,6 +296,8 @@ def preprocess(
     workers: Optional[int] = None,
     chunk_mb: float = 16.0,
     overwrite: bool = False,
+    max_field_bytes: int = MAX_FIELD_BYTES,
+    max_line_bytes: int = MAX_LINE_BYTES,
 ) -> FeatureSpec:
     """Preprocess a dataset's original files into npy shards, vocabularies and ``spec.json``.
 
@@ -295,11 +324,17 @@ def preprocess(
         workers: parallel processes (default: the usable CPUs).
         chunk_mb: size of a chunk (and so of an output part) in MiB of input.
         overwrite: replace an earlier output in ``out_dir``.
+        max_field_bytes, max_line_bytes: a longer field or line is a bad row (default 64 KiB
+            and 1 MiB).
+
+    ``out_dir`` is locked while it is written (a second preprocessing into it is refused,
+    naming the owner); what a failed run wrote there is removed.
 
     Returns:
         the :class:`FeatureSpec`, also saved as ``out_dir/spec.json``.
     """
-    reader = make_reader(dataset, source, field_set=field_set, skip_bad_rows=skip_bad_rows)
+    limits = dict(max_field_bytes=max_field_bytes, max_line_bytes=max_line_bytes)
+    reader = make_reader(dataset, source, field_set=field_set, skip_bad_rows=skip_bad_rows, **limits)
     defaults = DEFAULTS[dataset]
     min_count = defaults["min_count"] if min_count is None else int(min_count)
     if min_count < 1:
@@ -312,7 +347,25 @@ def preprocess(
     workers = workers or _default_workers()
 
     chunks = reader.plan(int(chunk_mb * 2**20))
-    out = _prepare_out(out_dir, overwrite)
+    with _writing(out_dir, overwrite) as out:
+        return _preprocess(reader, chunks, source, out, splits, buckets, min_count, numeric, user_fields, workers, chunk_mb, limits)
+
+
+def _preprocess(
+    reader: RowReader,
+    chunks: List[Chunk],
+    source: str,
+    out: Path,
+    splits: SplitConfig,
+    buckets: Dict[str, int],
+    min_count: int,
+    numeric: str,
+    user_fields: Union[None, str, Sequence[str]],
+    workers: int,
+    chunk_mb: float,
+    limits: Dict[str, int],
+) -> FeatureSpec:
+    dataset, skip_bad_rows = reader.dataset, reader.skip_bad_rows
     vocab_dir = out / VOCAB_DIR
     lookups: Dict[str, Tuple[str, Union[str, int]]] = {
         f: ("hash", buckets[f]) if f in buckets else ("vocab", str(vocab_dir / f"{f}.npy")) for f in reader.sparse_fields
@@ -365,6 +418,7 @@ def preprocess(
             "chunk_mb": chunk_mb,
             "chunks": len(chunks),
             "workers": workers,
+            **limits,
         },
     )
     spec.save(out)
@@ -398,6 +452,7 @@ def encode(
     workers: Optional[int] = None,
     chunk_mb: float = 16.0,
     overwrite: bool = False,
+    keep_neutral: bool = False,
 ) -> FeatureSpec:
     """Encode a new raw file with an existing dataset's vocabularies and numeric statistics.
 
@@ -412,13 +467,21 @@ def encode(
         out_dir: where to write the encoded rows.
         labelled, split_name, skip_bad_rows, workers, chunk_mb, overwrite: as their names say
             (see :func:`preprocess`).
+        keep_neutral: keep MovieLens' rating-3 rows (which training drops), so that every
+            input row is encoded (``iarm predict`` scores them all).
     """
     if split_name not in SPLITS:
         raise ValueError(f"split_name must be one of {SPLITS}, got {split_name!r}")
     base = FeatureSpec.load(data_dir)
     options = base.options
     reader = make_reader(
-        base.dataset, source, field_set=options.get("field_set"), labelled=labelled, skip_bad_rows=skip_bad_rows
+        base.dataset,
+        source,
+        field_set=options.get("field_set"),
+        labelled=labelled,
+        skip_bad_rows=skip_bad_rows,
+        keep_neutral=keep_neutral,
+        **{k: options[k] for k in ("max_field_bytes", "max_line_bytes") if k in options},
     )
     buckets = options.get("hash_buckets", {})
     vocab_dir = Path(data_dir).resolve() / options.get("vocab_dir", VOCAB_DIR)
@@ -430,10 +493,25 @@ def encode(
         raise FileNotFoundError(f"{data_dir}: vocabularies {missing} are missing; preprocess the dataset again")
     workers = workers or _default_workers()
     chunks = reader.plan(int(chunk_mb * 2**20))
-    out = _prepare_out(out_dir, overwrite)
-    job = _Job(reader, None, 0, str(out), split_name, lookups, options["numeric"], options.get("numeric_stats", {}))
-    with _pool(workers, len(chunks)) as pool:
-        written = _run_encode(job, chunks, pool)
+    with _writing(out_dir, overwrite) as out:
+        job = _Job(reader, None, 0, str(out), split_name, lookups, options["numeric"], options.get("numeric_stats", {}))
+        with _pool(workers, len(chunks)) as pool:
+            written = _run_encode(job, chunks, pool)
+        return _encoded_spec(base, written, options, source, data_dir, vocab_dir, labelled, split_name, skip_bad_rows, out)
+
+
+def _encoded_spec(
+    base: FeatureSpec,
+    written: _Written,
+    options: Dict[str, Any],
+    source: str,
+    data_dir: str,
+    vocab_dir: Path,
+    labelled: bool,
+    split_name: str,
+    skip_bad_rows: bool,
+    out: Path,
+) -> FeatureSpec:
     spec = FeatureSpec(
         dataset=base.dataset,
         sparse=[

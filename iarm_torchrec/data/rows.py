@@ -12,15 +12,23 @@ the same chunks, rows and output. Plain files are read by each worker at its own
 chunk's bytes to a worker.
 
 Bad input never passes silently: a row with the wrong column count, a non-integer in an integer
-field or bytes that are not text raises ``ValueError("FILE:LINE: field NAME: 'value' ...")``, or,
-with ``skip_bad_rows=True``, is dropped and counted (:class:`RowChecker`).
+field, bytes that are not text, a line longer than ``max_line_bytes`` (1 MiB) or a field longer
+than ``max_field_bytes`` (64 KiB) raises ``ValueError("FILE:LINE: field NAME: 'value' ...")``,
+or, with ``skip_bad_rows=True``, is dropped and counted (:class:`RowChecker`). A damaged gzip
+file raises ``ValueError("FILE: damaged gzip file ...")``.
+
+Memory per chunk is bounded by the chunk's bytes, not by its longest field: a chunk's tokens are
+a fixed-width bytes array only while that costs at most a few times the chunk's size, else an
+array of ``bytes`` objects (slower, but as large as the data).
 """
 
 import abc
+import contextlib
 import gzip
 import itertools
+import zlib
 from dataclasses import dataclass, field
-from typing import BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, BinaryIO, Callable, Dict, Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
 from iopath.common.file_io import PathManager
@@ -28,6 +36,21 @@ from iopath.common.file_io import PathManager
 PATHS = PathManager()
 MAX_EXAMPLES = 5  # skipped-row messages kept for the report
 _GZIP_MAGIC = b"\x1f\x8b"
+MAX_FIELD_BYTES = 64 << 10
+"""Default longest field (``max_field_bytes``): longer ones are bad rows."""
+MAX_LINE_BYTES = 1 << 20
+"""Default longest line (``max_line_bytes``): longer ones are bad rows."""
+_FIXED_WIDTH_FACTOR = 8  # a fixed-width token array may cost this many times the chunk's bytes
+_SHOWN = 60  # characters of a bad value shown in a message
+
+
+@contextlib.contextmanager
+def naming(path: str) -> Iterator[None]:
+    """Turn a damaged (e.g. truncated) gzip stream's error into one naming ``path``."""
+    try:
+        yield
+    except (EOFError, gzip.BadGzipFile, zlib.error) as error:
+        raise ValueError(f"{path}: damaged gzip file ({error}); is it truncated? Download or copy it again") from None
 
 
 def open_file(path: str) -> BinaryIO:
@@ -92,7 +115,7 @@ def plan_chunks(paths: Sequence[str], chunk_bytes: int, header: bool) -> List[Ch
     row = 0
     for path in paths:
         gz = is_gzip(path)
-        with open_file(path) as f:
+        with open_file(path) as f, naming(path):
             head = f.readline() if header else b""
             pos = first = len(head)
             line = 2 if header else 1
@@ -123,9 +146,12 @@ def chunk_payloads(chunks: Sequence[Chunk]) -> Iterator[Optional[bytes]]:
                 if stream is not None:
                     stream.close()
                 stream, path = open_file(c.path), c.path
-                stream.read(c.start)  # the header line
+                with naming(c.path):
+                    stream.read(c.start)  # the header line
             assert stream is not None
-            yield stream.read(c.end - c.start)
+            with naming(c.path):
+                data = stream.read(c.end - c.start)
+            yield data
     finally:
         if stream is not None:
             stream.close()
@@ -219,6 +245,8 @@ class RowChecker:
 
 def _show(token: bytes) -> str:
     token = bytes(token)
+    if len(token) > _SHOWN:
+        return _show(token[:_SHOWN])[:-1] + f"...' ({len(token):,} bytes)"
     return repr(token.decode("latin-1")) if token.isascii() else repr(token)
 
 
@@ -252,53 +280,115 @@ def split_table(
     n_columns: int,
     skip: bool,
     ascii_only: bool = True,
+    max_field: int = MAX_FIELD_BYTES,
+    max_line: int = MAX_LINE_BYTES,
 ) -> Table:
     """Cut a chunk's lines at ``sep`` into ``n_columns`` tokens each (vectorised).
 
     Lines with another column count (blank lines included) are reported as
-    ``FILE:LINE: expected N SEP-separated columns (COLUMNS), found M``; with ``ascii_only``,
-    non-ASCII bytes as ``field NAME: b'...' is not ASCII text (undecodable bytes)``, where
-    ``columns`` names the columns, comma-separated.
+    ``FILE:LINE: expected N SEP-separated columns (COLUMNS), found M``; lines longer than
+    ``max_line`` bytes and fields longer than ``max_field`` bytes as bad rows too; with
+    ``ascii_only``, non-ASCII bytes as ``field NAME: b'...' is not ASCII text (undecodable
+    bytes)``, where ``columns`` names the columns, comma-separated.
     """
     if b"\r" in data:
         data = data.replace(b"\r\n", b"\n")
     shown_sep = sep.decode()
-    if len(sep) > 1:
-        placeholder = next(bytes([b]) for b in (0x1F, 0x1E, 0x1D, 0x1C, 0x00) if bytes([b]) not in data)
-        data, sep = data.replace(sep, placeholder), placeholder
+    names = [c.strip() for c in columns.split(",")]
     if not data.endswith(b"\n"):
         data += b"\n"
+    checker = RowChecker(chunk.path, np.zeros(0, dtype=np.int64), skip)
+    if len(sep) > 1:
+        free = [bytes([b]) for b in (0x1F, 0x1E, 0x1D, 0x1C, 0x00) if bytes([b]) not in data]
+        if not free:  # every candidate occurs (binary data): lines holding 0x1F are bad, then it is free
+            data, checker = _drop_lines(data, chunk, checker, lambda pieces: np.array([b"\x1f" in p for p in pieces]),
+                                        lambda i, pieces: "holds the control byte 0x1f: not a text line (binary data?)")
+            free = [b"\x1f"]
+        data, sep = data.replace(sep, free[0]), free[0]
     arr = np.frombuffer(data, dtype=np.uint8)
     ends = np.flatnonzero(arr == 10)
     found = np.diff(np.searchsorted(np.flatnonzero(arr == sep[0]), ends), prepend=0) + 1
     del arr
+    lengths = np.diff(ends, prepend=-1) - 1
     lines = chunk.first_line + np.arange(len(ends), dtype=np.int64)
-    rows = chunk.first_row + np.arange(len(ends), dtype=np.int64)
-    wrong = found != n_columns
+    if checker.skipped and len(checker.lines) == 0 and data == b"\n":  # every line was dropped above
+        empty = np.zeros(0, dtype=np.int64)
+        return Table(np.zeros((0, n_columns), dtype="S1"), empty, empty, checker)
+    if len(checker.lines):  # lines were dropped above: number the rest as they were
+        lines = checker.lines
+    rows = chunk.first_row + (lines - chunk.first_line)
+    too_long = lengths > max_line
+    wrong = (found != n_columns) & ~too_long
+    checker.lines = lines
+    checker.bad = np.zeros(len(lines), dtype=bool)
+    if too_long.any():
+        checker.flag(too_long, lambda i: f"line of {lengths[i]:,} bytes is longer than the limit of {max_line:,} bytes (max_line_bytes)")
     if wrong.any():
         shown = "tab" if shown_sep == "\t" else repr(shown_sep)
-        checker = RowChecker(chunk.path, lines, skip)
         checker.flag(wrong, lambda i: f"expected {n_columns} {shown}-separated columns ({columns}), found {found[i]}")
+    drop = too_long | wrong
+    if drop.any():
         pieces = data.split(b"\n")[:-1]
-        data = b"\n".join(itertools.compress(pieces, ~wrong)) + b"\n"
-        skipped, examples = checker.skipped, checker.examples
-        lines, rows = lines[~wrong], rows[~wrong]
-    else:
-        skipped, examples = 0, []
-    if len(lines):
-        tokens = np.array(data[:-1].replace(b"\n", sep).split(sep)).reshape(len(lines), n_columns)
-    else:
-        tokens = np.zeros((0, n_columns), dtype="S1")
+        data = b"\n".join(itertools.compress(pieces, ~drop)) + b"\n"
+        lines, rows, lengths = lines[~drop], rows[~drop], lengths[~drop]
+    skipped, examples = checker.skipped, checker.examples
     checker = RowChecker(chunk.path, lines, skip)
     checker.skipped, checker.examples = skipped, examples
+    tokens = _tokens(data, sep, len(lines), n_columns, int(lengths.max(initial=0)), max_field, checker, names)
     table = Table(tokens, lines, rows, checker)
     if ascii_only and not data.isascii():
-        names = [c.strip() for c in columns.split(",")]
         for j in range(n_columns):
             col = tokens[:, j]
-            bad = (np.ascontiguousarray(col).view(np.uint8).reshape(len(col), -1) > 127).any(axis=1)
+            if col.dtype == object:
+                bad = np.fromiter((not t.isascii() for t in col), dtype=bool, count=len(col))
+            else:
+                bad = (np.ascontiguousarray(col).view(np.uint8).reshape(len(col), -1) > 127).any(axis=1)
             checker.flag_field(bad, names[j] if j < len(names) else f"#{j + 1}", col, "is not ASCII text (undecodable bytes)")
     return table
+
+
+def _drop_lines(
+    data: bytes, chunk: Chunk, checker: RowChecker, is_bad: Callable[[List[bytes]], np.ndarray], message: Callable[[int, List[bytes]], str]
+) -> Tuple[bytes, RowChecker]:
+    """Flag and remove the lines ``is_bad`` picks; the checker keeps the remaining lines' numbers."""
+    pieces = data.split(b"\n")[:-1]
+    bad = is_bad(pieces).astype(bool)
+    lines = chunk.first_line + np.arange(len(pieces), dtype=np.int64)
+    flagger = RowChecker(chunk.path, lines, checker.skip)
+    flagger.flag(bad, lambda i: message(i, pieces))
+    kept = RowChecker(chunk.path, lines[~bad], checker.skip)
+    kept.skipped, kept.examples = flagger.skipped, flagger.examples
+    return b"\n".join(itertools.compress(pieces, ~bad)) + b"\n", kept
+
+
+def _tokens(
+    data: bytes, sep: bytes, n: int, n_columns: int, longest_line: int, max_field: int, checker: RowChecker, names: List[str]
+) -> np.ndarray:
+    """The ``[n, n_columns]`` token array of ``data`` (lines already checked): fixed-width bytes
+    while that stays within a few times the data's size, else ``bytes`` objects. Fields longer
+    than ``max_field`` are flagged (and emptied: their row is bad)."""
+    if not n:
+        return np.zeros((0, n_columns), dtype="S1")
+    pieces = data[:-1].replace(b"\n", sep).split(sep)
+    budget = _FIXED_WIDTH_FACTOR * len(data) + (1 << 20)
+    if longest_line <= max_field and n * n_columns * max(longest_line, 1) <= budget:
+        return np.array(pieces).reshape(n, n_columns)
+    sizes = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)).reshape(n, n_columns)
+    long = sizes > max_field
+    if long.any():
+        for j in np.flatnonzero(long.any(axis=0)):
+            column = np.empty(n, dtype=object)
+            column[:] = pieces[j::n_columns]
+            name = names[j] if j < len(names) else f"#{j + 1}"
+            checker.flag_field(long[:, j], name, column, f"is longer than the limit of {max_field:,} bytes (max_field_bytes)")
+        for index in np.flatnonzero(long.reshape(-1)):
+            pieces[index] = b""
+        sizes[long] = 0
+    if n * n_columns * max(int(sizes.max()), 1) <= budget:
+        return np.array(pieces).reshape(n, n_columns)
+    tokens = np.empty(len(pieces), dtype=object)
+    tokens[:] = pieces
+    return tokens.reshape(n, n_columns)
 
 
 def parse_labels(table: Table, col: int, name: str = "label") -> np.ndarray:
@@ -354,10 +444,27 @@ class RowReader(abc.ABC):
     user_fields: List[str] = []
     time_ordered: bool = True
 
-    def __init__(self, source: str, *, labelled: bool = True, skip_bad_rows: bool = False) -> None:
+    def __init__(
+        self,
+        source: str,
+        *,
+        labelled: bool = True,
+        skip_bad_rows: bool = False,
+        max_field_bytes: int = MAX_FIELD_BYTES,
+        max_line_bytes: int = MAX_LINE_BYTES,
+    ) -> None:
         self.source = source
         self.labelled = labelled
         self.skip_bad_rows = skip_bad_rows
+        if max_field_bytes < 1 or max_line_bytes < 1:
+            raise ValueError(f"max_field_bytes and max_line_bytes must be positive, got {max_field_bytes}, {max_line_bytes}")
+        self.max_field_bytes = int(max_field_bytes)
+        self.max_line_bytes = int(max_line_bytes)
+
+    @property
+    def limits(self) -> Dict[str, Any]:
+        """The length limits, as :func:`split_table`'s keywords."""
+        return {"max_field": self.max_field_bytes, "max_line": self.max_line_bytes}
 
     @property
     def one_hot_fields(self) -> List[str]:

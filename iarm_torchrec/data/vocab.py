@@ -51,6 +51,8 @@ def token_keys(tokens: np.ndarray) -> np.ndarray:
     True
     """
     tokens = np.asarray(tokens)
+    if tokens.dtype == object:  # bytes objects (a chunk with long fields): each key as in an "S" array
+        return _object_keys(tokens)
     if tokens.dtype.kind != "S":
         raise TypeError(f"token_keys needs a bytes ('S') array, got dtype {tokens.dtype}")
     width = max(8, -(-tokens.dtype.itemsize // 8) * 8)
@@ -66,6 +68,18 @@ def token_keys(tokens: np.ndarray) -> np.ndarray:
                 h = np.where(w != 0, mix64(h ^ w ^ np.uint64(j)), h)
             keys[long] = np.where(h == 0, np.uint64(1), h)
     return keys
+
+
+def _object_keys(tokens: np.ndarray) -> np.ndarray:
+    flat = tokens.reshape(-1)
+    sizes = np.fromiter(map(len, flat), dtype=np.int64, count=len(flat))
+    short = sizes <= 64
+    keys = np.zeros(len(flat), dtype=np.uint64)
+    if short.any():
+        keys[short] = token_keys(np.array(list(flat[short]), dtype=f"S{max(int(sizes[short].max()), 1)}"))
+    for i in np.flatnonzero(~short):  # few: each one costs its own size only
+        keys[i] = token_keys(np.array([flat[i]]))[0]
+    return keys.reshape(tokens.shape)
 
 
 def count_keys(keys: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
