@@ -10,10 +10,17 @@
 
 Each subcommand is a :class:`Command` in :data:`COMMANDS`; a new one (``experiment``) is
 one more entry.
+
+An error ends the command with one line, ``iarm COMMAND: error: MESSAGE`` (the message names the
+file), and exit status 1; ``iarm --debug COMMAND`` or ``IARM_DEBUG=1`` shows the traceback too.
+A full disk says ``disk full while writing PATH``.
 """
 
 import argparse
+import errno
+import os
 import sys
+import traceback
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional
 
@@ -91,12 +98,14 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad-rows", action="store_true", default=None)
     parser.add_argument("--workers", type=int)
     parser.add_argument("--overwrite", action="store_true", default=None)
+    parser.add_argument("--max-field-bytes", type=int, help="a longer field is a bad row (default 65536)")
+    parser.add_argument("--max-line-bytes", type=int, help="a longer line is a bad row (default 1048576)")
 
 
 def _data(args: argparse.Namespace) -> int:
     from iarm_torchrec.data.preprocess import preprocess
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("dataset", "source", "out", "command", "handler")}
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("dataset", "source", "out", "command", "handler", "debug")}
     spec = preprocess(args.dataset, args.source, args.out, **given)
     print(f"{args.out}: {spec.rows} rows, {len(spec.sparse)} categorical and {len(spec.dense)} numerical fields")
     return 0
@@ -127,6 +136,7 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     """The ``iarm`` parser; with ``only``, just that command gets its arguments, so a command
     does not pay for importing the others' modules (``experiment`` alone takes seconds)."""
     parser = argparse.ArgumentParser(prog="iarm", description="IARM and baseline CTR models on TorchRec.")
+    parser.add_argument("--debug", action="store_true", help="show the full traceback of an error (also IARM_DEBUG=1)")
     commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     for name, command in COMMANDS.items():
         sub = commands.add_parser(name, help=command.help, description=command.help)
@@ -140,7 +150,26 @@ def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=chosen).parse_args(argv)
-    return args.handler(args)
+    debug = args.debug or os.environ.get("IARM_DEBUG", "") not in ("", "0")
+    try:
+        return args.handler(args)
+    except Exception as error:  # KeyboardInterrupt and SystemExit pass
+        if debug:
+            traceback.print_exc()
+        print(f"iarm {args.command}: error: {error_line(error)}", file=sys.stderr, flush=True)
+        return 1
+
+
+def error_line(error: BaseException) -> str:
+    """One line saying what went wrong (the message names the file where the error knows it)."""
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = error.filename or "a file"
+        return f"disk full while writing {where}"
+    if isinstance(error, OSError) and error.filename and str(error.filename) not in str(error.strerror or ""):
+        return f"{error.filename}: {error.strerror or error}"
+    text = str(error).strip() or type(error).__name__
+    lines = [line for line in text.splitlines() if line.strip()]
+    return " ".join(line.strip() for line in lines[:3])
 
 
 if __name__ == "__main__":

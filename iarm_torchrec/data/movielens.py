@@ -168,6 +168,7 @@ class MovieLensReader(RowReader):
             ranked=len(rank),
             skipped=skipped,
             skipped_examples=(users.checker.examples + movies.checker.examples + check.examples)[:5],
+            neutral=int((kept & (rating == 3)).sum()),
         )
 
     @staticmethod

@@ -121,6 +121,7 @@ class _Written:
     max_length: Dict[str, int]
     skipped: int
     skipped_examples: List[str]
+    neutral: int = 0
 
 
 def _multi_values(rows: RawRows, name: str, keep: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
@@ -166,7 +167,7 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
         stats = NumericStats.from_dict(job.stats[name]) if name in job.stats else NumericStats()  # log1p/none need none
         dense[:, j] = transform(rows.dense[:, j], job.numeric, stats)
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
-    written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples)
+    written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples, rows.neutral)
     for code, split in enumerate(SPLITS):
         keep = codes == code
         if not keep.any():
@@ -262,6 +263,7 @@ def _run_encode(job: _Job, chunks: Sequence[Chunk], pool: Optional[Pool]) -> _Wr
         for name, n in w.max_length.items():
             total.max_length[name] = max(total.max_length.get(name, 0), n)
         total.skipped += w.skipped
+        total.neutral += w.neutral
         total.skipped_examples += w.skipped_examples[: 5 - len(total.skipped_examples)]
     if not sum(total.rows.values()):
         if total.skipped:
@@ -531,6 +533,7 @@ def _encoded_spec(
             "skip_bad_rows": skip_bad_rows,
             "skipped_rows": written.skipped,
             "skipped_examples": written.skipped_examples,
+            "neutral_rows": written.neutral,
         },
     )
     spec.save(out)

@@ -180,6 +180,8 @@ class RawRows:
         rank: ``int64 [n]`` time rank for the time split when not the row index (MovieLens).
         ranked: how many rows ``rank`` ranks (the time split's total), with ``rank``.
         skipped: bad rows dropped (``skip_bad_rows=True``), with the first messages.
+        neutral: rows kept although training's protocol drops them (MovieLens' rating 3, when
+            scoring every row).
     """
 
     lines: np.ndarray
@@ -192,6 +194,7 @@ class RawRows:
     ranked: Optional[int] = None
     skipped: int = 0
     skipped_examples: List[str] = field(default_factory=list)
+    neutral: int = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -212,6 +215,7 @@ class RawRows:
             ranked=self.ranked,
             skipped=self.skipped,
             skipped_examples=self.skipped_examples,
+            neutral=self.neutral,
         )
 
 

@@ -8,10 +8,13 @@ it was sharded) into one process with ``torch.distributed.checkpoint``, and save
      "model_config": {"model": name, "config": {...}},   # registry.model_config_dict
      "feature_spec": {...},                               # the dataset's spec.json
      "data_files": {"spec.json": uint8 tensor, "vocab/C1.npy": uint8 tensor, ...},
-     "state_dict": {name: tensor}}                        # the bare model's weights
+     "state_dict": {name: tensor},                        # the bare model's weights
+     "sha256": hex}                                       # of everything above (integrity.sha256_of_tree)
 
 Everything in it is a tensor or plain data, so ``torch.load(FILE, weights_only=True)``
-reads it. :func:`load_exported` rebuilds the model in one process; ``data_files`` (the
+reads it. The checksum is verified on every load, so a damaged file is refused naming it
+(as is a truncated or non-export file), never loaded with changed weights.
+:func:`load_exported` rebuilds the model in one process; ``data_files`` (the
 preprocessed folder without its splits) lets :mod:`~iarm_torchrec.inference.predict` encode new
 raw files with the training vocabulary.
 """
@@ -26,6 +29,7 @@ from torch import nn
 from iarm_torchrec.data.preprocess import VOCAB_DIR
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_path
+from iarm_torchrec.integrity import sha256_of_tree
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import config_from_dict
 from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager
@@ -70,6 +74,7 @@ def export_run(run_dir: PathLike, out_file: PathLike, checkpoint: Optional[PathL
         "state_dict": wrapper.model.state_dict(),
         "checkpoint": path.name,
     }
+    payload["sha256"] = sha256_of_tree(payload)
     out = Path(out_file)
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
@@ -88,9 +93,23 @@ def _data_files(data_dir: Path) -> Dict[str, torch.Tensor]:
 
 def read_export(file: PathLike) -> Dict[str, Any]:
     """The exported payload (``weights_only=True``), checked for its format."""
-    payload = torch.load(file, weights_only=True, map_location="cpu")
+    if not Path(file).is_file():
+        raise FileNotFoundError(f"{file}: no such exported model (make one with iarm export)")
+    try:
+        payload = torch.load(file, weights_only=True, map_location="cpu")
+    except Exception as error:  # truncated zip, pickle of another kind, random bytes...
+        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        raise ValueError(
+            f"{file}: not a readable iarm export: damaged, truncated or another kind of file ({reason}); "
+            "export the run again with iarm export"
+        ) from None
     if not isinstance(payload, dict) or payload.get("format") != FORMAT:
         raise ValueError(f"{file}: not an iarm export (expected format {FORMAT!r}); make one with iarm export")
+    expected = payload.pop("sha256", None)
+    if expected is None:
+        raise ValueError(f"{file}: the export carries no checksum, so its integrity cannot be checked; export the run again")
+    if sha256_of_tree(payload) != expected:
+        raise ValueError(f"{file}: checksum mismatch: the exported model is damaged; export the run again with iarm export")
     return payload
 
 

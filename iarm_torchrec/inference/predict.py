@@ -4,9 +4,13 @@
 format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
 the vocabulary and numeric statistics saved in the export (the data side's
 :func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
-click probability per input row, in input order.
+click probability per input row, in input order: every input row gets its line. MovieLens rows
+with rating 3, which the training protocol drops (no click label), are scored too; their count
+is reported (a warning, and ``spec.options["neutral_rows"]`` of the encoded rows). A bad input row
+stops with ``FILE:LINE: ...`` (there is no skipping, so no row can go missing).
 """
 
+import logging
 import tempfile
 from pathlib import Path
 
@@ -15,6 +19,7 @@ from tqdm import tqdm
 
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
+from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_write_text
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 
@@ -27,13 +32,15 @@ def predict(
     batch_size: int = 4096,
     progress: bool = True,
 ) -> torch.Tensor:
-    """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``) and return them."""
+    """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``, one
+    line per input row) and return them."""
     payload = read_export(model_file)
     model = model_from_payload(payload)
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
         data_dir = write_data_files(payload, Path(tmp) / "data")
         encoded = Path(tmp) / "encoded"
-        encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test")
+        spec = encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test", keep_neutral=True)
+        _report_neutral(spec, str(input_file))
         loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
         scores = []
         with torch.no_grad():
@@ -43,3 +50,16 @@ def predict(
         result = torch.cat(scores)
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))
     return result
+
+
+logger = logging.getLogger(__name__)
+
+
+def _report_neutral(spec: FeatureSpec, source: str) -> None:
+    """Say how many MovieLens rating-3 rows were scored beside the labelled ones."""
+    neutral = int(spec.options.get("neutral_rows", 0) or 0)
+    if neutral:
+        logger.warning(
+            "%s: %d of %d rows have rating 3, which training drops (no click label): they are scored too",
+            source, neutral, sum(spec.rows.values()),
+        )
