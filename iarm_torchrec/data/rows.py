@@ -380,7 +380,7 @@ def _tokens(
     sizes = np.fromiter(map(len, pieces), dtype=np.int64, count=len(pieces)).reshape(n, n_columns)
     long = sizes > max_field
     if long.any():
-        for j in np.flatnonzero(long.any(axis=0)):
+        for j in sorted(np.flatnonzero(long.any(axis=0)), key=lambda j: int(np.argmax(long[:, j]))):  # earliest row first
             column = np.empty(n, dtype=object)
             column[:] = pieces[j::n_columns]
             name = names[j] if j < len(names) else f"#{j + 1}"

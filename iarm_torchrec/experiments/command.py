@@ -181,7 +181,7 @@ def command_line(args: argparse.Namespace) -> str:
     """
     words = ["iarm", "experiment"]
     for name, value in vars(args).items():
-        if value is None or name == "command" or callable(value):  # the `iarm` parser's own entries
+        if value is None or name in ("command", "debug") or callable(value):  # the `iarm` parser's own entries
             continue
         if isinstance(value, dict):
             text = json.dumps(value, separators=(",", ":"))

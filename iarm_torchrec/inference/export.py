@@ -98,7 +98,9 @@ def read_export(file: PathLike) -> Dict[str, Any]:
     try:
         payload = torch.load(file, weights_only=True, map_location="cpu")
     except Exception as error:  # truncated zip, pickle of another kind, random bytes...
-        reason = str(error).strip().splitlines()[0][:200] if str(error).strip() else type(error).__name__
+        first = str(error).strip().splitlines()[0][:200] if str(error).strip() else ""
+        # torch's own text for a pickle it refuses suggests weights_only=False: never pass that on
+        reason = type(error).__name__ + (f": {first}" if first and "weights_only" not in first.lower() else "")
         raise ValueError(
             f"{file}: not a readable iarm export: damaged, truncated or another kind of file ({reason}); "
             "export the run again with iarm export"
