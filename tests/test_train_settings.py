@@ -111,6 +111,9 @@ def test_bad_flags_are_refused(capsys: pytest.CaptureFixture) -> None:
 
 def test_preprocessed_data_is_cached_by_what_it_depends_on(tmp_path: Path) -> None:
     base = dict(dataset="criteo", data_dir=str(tmp_path / "criteo"), out=str(tmp_path / "run"))
+    (tmp_path / "criteo").mkdir()
+    (tmp_path / "criteo" / "train.txt").write_text("1\t2\n")  # the key holds the raw files' identity
+
     def cached(settings: TrainSettings) -> Path:
         return cache_dir(data_source(settings))
 
