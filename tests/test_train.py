@@ -116,5 +116,5 @@ def test_a_baselines_own_settings_reach_it_from_the_command_line(base: Path, dat
     model = json.loads((out / "model.json").read_text())
     assert model["model"] == "dcn" and model["config"]["num_cross_layers"] == 2
     assert json.loads((out / "settings.json").read_text())["model_config"] == {
-        "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector"}
+        "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector", "dropout": 0.0, "norm": "none"}
     assert 0 < m["test_auc"] < 1
