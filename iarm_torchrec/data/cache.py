@@ -62,7 +62,10 @@ class DataSource:
 def cache_key(source: DataSource) -> Dict[str, Any]:
     """What the preprocessed data depends on."""
     if source.dataset == "synthetic":
-        return {"dataset": "synthetic", "rows": source.synthetic_rows, "seed": SYNTHETIC_SEED}
+        key: Dict[str, Any] = {"dataset": "synthetic", "rows": source.synthetic_rows, "seed": SYNTHETIC_SEED}
+        if source.options:
+            key["options"] = dict(source.options)
+        return key
     return {
         "dataset": source.dataset,
         "source": str(Path(source.data_dir or "").resolve()),
@@ -109,7 +112,9 @@ def _build(source: DataSource, target: Path) -> None:
     tmp.parent.mkdir(parents=True, exist_ok=True)
     logger.info("preprocessing %s into %s", source.dataset, target)
     if source.dataset == "synthetic":
-        make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED)
+        if "field_set" in source.options:
+            raise ValueError("field_set applies to movielens-1m only, not to the synthetic dataset")
+        make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED, **source.options)
     else:
         preprocess(source.dataset, source.data_dir, tmp, **source.options)
     shutil.rmtree(target, ignore_errors=True)

@@ -51,6 +51,10 @@ class PNN(FieldModel):
         self.product_arch: nn.Module = product_arch(product, self.num_fields, self.embedding_dim)
         self.deep_arch: DeepArch = DeepArch(self.flat_dim + self.product_arch.output_dim, deep_layer_sizes, dropout, norm)
 
+    def logit_bias(self) -> torch.Tensor:
+        """The deep tower's output bias."""
+        return self.deep_arch.output_arch.linear.bias
+
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""
         fields = self.embedding_arch(dense_features, sparse_features)  # B x M x D

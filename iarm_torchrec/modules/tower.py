@@ -5,6 +5,7 @@ take the regularizers practitioners tune (dropout, batch or layer normalization)
 part (IARM's interest arch, the baselines' deep towers) is one :class:`Tower`.
 """
 
+from collections import OrderedDict
 from typing import List, Sequence
 
 import torch
@@ -53,15 +54,14 @@ class Tower(nn.Module):
         check_dropout("dropout", dropout)
         check_choice("norm", norm, NORMS)
         layers: List[nn.Module] = []
-        for size in layer_sizes:
-            layers.append(nn.Linear(in_features, size))
-            if norm == "batch":
-                layers.append(nn.BatchNorm1d(size))
-            elif norm == "layer":
-                layers.append(nn.LayerNorm(size))
-            layers.append(nn.ReLU())
+        for size in layer_sizes:  # named parts: the same state-dict keys with and without dropout
+            parts: "OrderedDict[str, nn.Module]" = OrderedDict(linear=nn.Linear(in_features, size))
+            if norm != "none":
+                parts["norm"] = nn.BatchNorm1d(size) if norm == "batch" else nn.LayerNorm(size)
+            parts["relu"] = nn.ReLU()
             if dropout > 0:
-                layers.append(nn.Dropout(dropout))
+                parts["dropout"] = nn.Dropout(dropout)
+            layers.append(nn.Sequential(parts))
             in_features = size
         self.layers: nn.Sequential = nn.Sequential(*layers)
         self.output_dim: int = layer_sizes[-1]
