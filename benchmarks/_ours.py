@@ -36,7 +36,7 @@ def build(data_dir: Path, settings: TrainSettings, env: DistEnv) -> Any:
     torch.manual_seed(settings.seed)
     model = CTRTrain(config.build(torch.device("meta")))
     tables = table_configs(model)
-    sharded = shard_model(model, env, settings.dense_optimizer, settings.lr, settings.sparse_optimizer, settings.sparse_lr)
+    sharded = shard_model(model, env, settings.optimizer_settings())
     init_tables(sharded.model, tables, settings.seed)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, env.device)
     return sharded, pipeline

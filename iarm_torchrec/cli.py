@@ -7,6 +7,7 @@
     iarm predict --model FILE --input RAW --out SCORES
     iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
     iarm experiment --preset P --out DIR [...]  the paper's studies (table2, ablation, layers, split, attention)
+    iarm tune    --model M --trials N --out DIR  hyperparameter search on the validation split (Optuna)
 
 Each subcommand is a :class:`Command` in :data:`COMMANDS`; a new one (``experiment``) is
 one more entry.
@@ -111,6 +112,18 @@ def _data(args: argparse.Namespace) -> int:
     return 0
 
 
+def _tune_arguments(parser: argparse.ArgumentParser) -> None:
+    from iarm_torchrec.experiments.tune import add_arguments
+
+    add_arguments(parser)
+
+
+def _tune(args: argparse.Namespace) -> int:
+    from iarm_torchrec.experiments.tune import run
+
+    return run(args)
+
+
 def _experiment_arguments(parser: argparse.ArgumentParser) -> None:
     from iarm_torchrec.experiments.command import add_arguments
 
@@ -129,6 +142,7 @@ COMMANDS: Dict[str, Command] = {
     "predict": Command("click probabilities for a raw file", _predict_arguments, _predict),
     "data": Command("preprocess a dataset", _data_arguments, _data),
     "experiment": Command("run the paper's studies and report them", _experiment_arguments, _experiment),
+    "tune": Command("search a model's hyperparameters on the validation split (Optuna)", _tune_arguments, _tune),
 }
 
 

@@ -13,7 +13,7 @@ import pytest
 
 from iarm_torchrec.cli import build_parser
 from iarm_torchrec.experiments.attention import ATTENTION_FILE
-from iarm_torchrec.experiments.command import add_arguments, run
+from iarm_torchrec.experiments.command import add_arguments, run, tuned_settings
 from iarm_torchrec.experiments.paper import paper_figure
 from iarm_torchrec.experiments.presets import TABLE2_MODELS, expand, run_dir, settings_key
 from iarm_torchrec.experiments.report import render_report, render_table
@@ -234,3 +234,14 @@ def test_experiment_trains_once_resumes_reports_and_survives_a_failed_run(tmp_pa
     assert [row[0] for row in table2[1:]] == ["IARM"]
     assert table2[1][1] == f"{metrics['test_auc']:.4f}"
     assert (study / "report.md").read_text().index("## Table 2") < (study / "report.md").read_text().index("## Fig. 5")
+
+
+def test_a_preset_runs_on_tuned_settings(tmp_path: Path) -> None:
+    tuned = replace(BASE, lr=0.005, sparse_lr=0.2).with_model("dcn", {"num_cross_layers": 1})
+    tuned.save(tmp_path)
+    args = build_parser().parse_args(["experiment", "--preset", "table2", "--out", str(tmp_path / "s"),
+                                      "--tuned", str(tmp_path / "settings.json"), "--models", "dcn,fm"])  # fmt: skip
+    models, training = tuned_settings(args.tuned)
+    runs = {r.settings.model: r.settings for r in expand("table2", BASE, [0], tmp_path, ["dcn", "fm"], models, training)}
+    assert (runs["dcn"].lr, runs["dcn"].sparse_lr, runs["dcn"].model_config["num_cross_layers"]) == (0.005, 0.2, 1)
+    assert (runs["fm"].lr, runs["fm"].sparse_lr) == (BASE.lr, BASE.sparse_lr)

@@ -9,7 +9,6 @@ and the CLI's one-line errors, no leftover temporary folder.
 
 import errno
 import gzip
-import hashlib
 import json
 import logging
 import multiprocessing
@@ -40,7 +39,7 @@ from iarm_torchrec.models.registry import config_from_dict, make_config, model_c
 from iarm_torchrec.train.checkpoint import PROGRESS_FILE, CheckpointError, CheckpointManager, load_with_fallback
 from iarm_torchrec.train.guards import finite_or_worst
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, SETTINGS_FILE
-from train_utils import TESTS_DIR, run_env, train_run
+from train_utils import run_env, train_run
 
 TINY: List[str] = [
     "--synthetic-rows", "3000", "--batch-size", "256", "--epochs", "1", "--max-steps-per-epoch", "5",

@@ -57,6 +57,19 @@ def test_two_ranks_learn_the_planted_signal(two_ranks: Dict[str, Any]) -> None:
     assert m["test_auc"] > 0.7
     assert 0 < gap < 0.12
     assert m["test_logloss"] < 0.5
+    # practitioners' metrics beside AUC: NE below 1 (better than the click rate), calibrated near 1
+    assert 0.5 < m["test_ne"] < 1 and 0.8 < m["test_calibration"] < 1.2 and m["valid_ne"] < 1
+
+
+def test_runs_write_tensorboard_curves(base: Path, two_ranks: Dict[str, Any]) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    (events,) = (base / "runs" / "ws2" / "tensorboard").glob("events.out.tfevents.*")
+    accumulator = EventAccumulator(str(events))
+    accumulator.Reload()
+    tags = set(accumulator.Tags()["scalars"])
+    assert {"epoch/valid_auc", "epoch/valid_ne", "epoch/lr_scale", "test/auc", "test/calibration"} <= tags
+    assert [e.step for e in accumulator.Scalars("epoch/valid_auc")] == [0, 1]
 
 
 def test_one_and_two_ranks_end_equal(base: Path, data_dir: Path, two_ranks: Dict[str, Any]) -> None:
@@ -116,5 +129,5 @@ def test_a_baselines_own_settings_reach_it_from_the_command_line(base: Path, dat
     model = json.loads((out / "model.json").read_text())
     assert model["model"] == "dcn" and model["config"]["num_cross_layers"] == 2
     assert json.loads((out / "settings.json").read_text())["model_config"] == {
-        "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector"}
+        "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector", "dropout": 0.0, "norm": "none"}
     assert 0 < m["test_auc"] < 1

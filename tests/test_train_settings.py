@@ -26,7 +26,8 @@ def test_flags_override_the_config_file_which_overrides_defaults(tmp_path: Path)
 
 def test_model_settings_reach_only_the_chosen_model(tmp_path: Path) -> None:
     dcn = TrainSettings.from_args(["--model", "dcn", "--model-config", '{"num_cross_layers": 2}', "--deep-layers", "8,4"])
-    assert dcn.model_config == {"num_cross_layers": 2, "cross_type": "vector", "deep_layer_sizes": [8, 4]}
+    assert dcn.model_config == {
+        "num_cross_layers": 2, "cross_type": "vector", "deep_layer_sizes": [8, 4], "dropout": 0.0, "norm": "none"}
     assert "num_layers" not in dcn.to_dict() and "use_interest" not in json.dumps(dcn.to_dict())
     file = tmp_path / "pnn.json"
     file.write_text('{"product": "outer"}')

@@ -111,7 +111,10 @@ def file_identity(path: Path, full_hash: bool = False) -> Dict[str, Any]:
 def cache_key(source: DataSource) -> Dict[str, Any]:
     """What the preprocessed data depends on."""
     if source.dataset == "synthetic":
-        return {"dataset": "synthetic", "rows": source.synthetic_rows, "seed": SYNTHETIC_SEED}
+        key: Dict[str, Any] = {"dataset": "synthetic", "rows": source.synthetic_rows, "seed": SYNTHETIC_SEED}
+        if source.options:
+            key["options"] = dict(source.options)
+        return key
     full = source.full_hash or os.environ.get("IARM_CACHE_FULL_HASH", "") not in ("", "0")
     return {
         "dataset": source.dataset,
@@ -196,7 +199,9 @@ def _build(source: DataSource, target: Path, key: Dict[str, Any]) -> None:
         logger.info("preprocessing %s into %s (%s)", source.dataset, target, why_new(source, key))
         try:
             if source.dataset == "synthetic":
-                make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED)
+                if "field_set" in source.options:
+                    raise ValueError("field_set applies to movielens-1m only, not to the synthetic dataset")
+                make_synthetic_dataset(tmp, rows=source.synthetic_rows, seed=SYNTHETIC_SEED, **source.options)
             else:
                 preprocess(source.dataset, source.data_dir, str(tmp), **source.options)
             (tmp / SOURCE_FILE).write_text(json.dumps(key, indent=2, sort_keys=True) + "\n")

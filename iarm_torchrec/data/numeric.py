@@ -7,6 +7,11 @@ Transforms (``numeric=`` of preprocessing), applied per field; a missing value a
 * ``standard``: ``(x - mean) / std`` with the train split's mean and (population) std.
 * ``minmax``: ``(x - min) / (max - min)`` with the train split's min and max.
 * ``none``: ``x`` as it is.
+* ``bucketize``: the field becomes **categorical**: ``floor(ln(x)^2)`` for ``x > 2`` and
+  ``floor(x)`` below (the second-place rule of the Kaggle Criteo challenge, which lets the
+  model learn a free vector per magnitude instead of one vector scaled by ``x``), as ids
+  ``1..BUCKETS-1`` (:func:`bucketize`; 0 is missing). Its vocabulary is the fixed range, so
+  it needs no statistics.
 
 A constant field (``std == 0`` or ``max == min``, e.g. the all-zero MovieLens timestamps of the
 shared copy) becomes 0 everywhere instead of dividing by zero.
@@ -17,7 +22,29 @@ from typing import Dict
 
 import numpy as np
 
-TRANSFORMS = ("log1p", "standard", "minmax", "none")
+TRANSFORMS = ("log1p", "standard", "minmax", "none", "bucketize")
+
+_LOWEST = -10  # floor(x) below this shares one bucket (Criteo's counts start at -3)
+_HIGHEST = 1000  # floor(ln(x)^2) above this shares one bucket (x > e^31.6)
+BUCKETS = 1 + (2 - _LOWEST + 1) + (_HIGHEST + 1)
+"""Ids of a bucketized field: 0 (missing), then ``floor(x)`` for ``_LOWEST <= x <= 2``, then
+``floor(ln(x)^2)`` for ``x > 2``."""
+
+
+def bucketize(values: np.ndarray) -> np.ndarray:
+    """Raw values (NaN = missing) -> ``int32`` bucket ids in ``[0, BUCKETS)``, 0 for missing.
+
+    >>> bucketize(np.array([np.nan, -3.0, 0.0, 2.0, 3.0, 100.0, 1e6])).tolist()
+    [0, 8, 11, 13, 15, 35, 204]
+    """
+    missing = np.isnan(values)
+    x = np.where(missing, 0.0, values)
+    low = np.clip(np.floor(x), _LOWEST, 2) - _LOWEST + 1  # 1 .. 13
+    with np.errstate(divide="ignore", invalid="ignore"):
+        high = np.clip(np.floor(np.log(np.maximum(x, 1.0)) ** 2), 0, _HIGHEST) + (2 - _LOWEST + 2)
+    ids = np.where(x > 2, high, low)
+    ids[missing] = 0
+    return ids.astype(np.int32)
 
 
 @dataclass
@@ -74,8 +101,8 @@ def transform(values: np.ndarray, how: str, stats: NumericStats) -> np.ndarray:
     >>> transform(np.array([5.0, 5.0]), "standard", NumericStats.of(np.array([5.0, 5.0]))).tolist()
     [0.0, 0.0]
     """
-    if how not in TRANSFORMS:
-        raise ValueError(f"numeric transform must be one of {TRANSFORMS}, got {how!r}")
+    if how not in TRANSFORMS or how == "bucketize":
+        raise ValueError(f"numeric transform must be one of {TRANSFORMS[:-1]} (bucketize makes ids: bucketize()), got {how!r}")
     missing = np.isnan(values)
     x = np.where(missing, 0.0, values)
     if how == "log1p":

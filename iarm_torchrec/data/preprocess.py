@@ -40,7 +40,7 @@ from tqdm import tqdm
 from iarm_torchrec.data.avazu import AvazuReader
 from iarm_torchrec.data.criteo import CriteoReader
 from iarm_torchrec.data.movielens import MovieLensReader
-from iarm_torchrec.data.numeric import TRANSFORMS, NumericStats, transform
+from iarm_torchrec.data.numeric import BUCKETS, TRANSFORMS, NumericStats, bucketize, transform
 from iarm_torchrec.data.parts import write_part
 from iarm_torchrec.data.rows import MAX_FIELD_BYTES, MAX_LINE_BYTES, Chunk, RawRows, RowReader, chunk_payloads
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, FeatureSpec, SparseFieldSpec
@@ -162,10 +162,14 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
     sparse = np.empty(rows.sparse.shape, dtype=np.int32)
     for j, name in enumerate(reader.one_hot_fields):
         sparse[:, j] = _lookup(*job.lookups[name]).ids(rows.sparse[:, j])
-    dense = np.empty(rows.dense.shape, dtype=np.float32)
-    for j, name in enumerate(reader.dense_fields):
-        stats = NumericStats.from_dict(job.stats[name]) if name in job.stats else NumericStats()  # log1p/none need none
-        dense[:, j] = transform(rows.dense[:, j], job.numeric, stats)
+    if job.numeric == "bucketize":  # numerical fields become categorical ones, after the others
+        sparse = np.concatenate([sparse, bucketize(rows.dense).reshape(rows.dense.shape)], axis=1)
+        dense = np.empty((len(rows), 0), dtype=np.float32)
+    else:
+        dense = np.empty(rows.dense.shape, dtype=np.float32)
+        for j, name in enumerate(reader.dense_fields):
+            stats = NumericStats.from_dict(job.stats[name]) if name in job.stats else NumericStats()  # log1p/none need none
+            dense[:, j] = transform(rows.dense[:, j], job.numeric, stats)
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
     written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples, rows.neutral)
     for code, split in enumerate(SPLITS):
@@ -318,7 +322,8 @@ def preprocess(
             5 Avazu, 1 MovieLens).
         hash_buckets: hash values into this many ids (+ id 0) instead of a vocabulary: an int for
             every field, or ``{field: buckets}`` for some; skips counting for those fields.
-        numeric: ``"log1p"``, ``"standard"``, ``"minmax"`` or ``"none"`` (default: ``log1p`` for
+        numeric: ``"log1p"``, ``"standard"``, ``"minmax"``, ``"none"`` or ``"bucketize"`` (the
+            numerical fields become categorical ones, after the others; default: ``log1p`` for
             Criteo, ``standard`` for MovieLens' timestamp); see :mod:`iarm_torchrec.data.numeric`.
         user_fields: the user fields of Eq. 5 (list or comma-separated); default per dataset.
         skip_bad_rows: drop and count bad rows (recorded as ``spec.options["skipped_rows"]``)
@@ -392,13 +397,15 @@ def _preprocess(
             del counters
             job.stats = {name: s.to_dict() for name, s in stats.items()}
         written = _run_encode(job, chunks, pool)
+    bucketized = numeric == "bucketize"
     spec = FeatureSpec(
         dataset=dataset,
         sparse=[
             SparseFieldSpec(f, sizes[f], f in reader.multi_hot_fields, max(written.max_length.get(f, 1), 1))
             for f in reader.sparse_fields
-        ],
-        dense=list(reader.dense_fields),
+        ]
+        + [SparseFieldSpec(f, BUCKETS) for f in reader.dense_fields if bucketized],
+        dense=[] if bucketized else list(reader.dense_fields),
         user_fields=_field_list(user_fields) or list(reader.user_fields),
         rows=written.rows,
         options={

@@ -84,6 +84,13 @@ class FeatureSpec:
     def multi_hot_fields(self) -> List[str]:
         return [f.name for f in self.sparse if f.multi_hot]
 
+    def click_rate(self, split: str = "train") -> float:
+        """The share of positive labels in ``split`` (from ``options["positives"]``; 0.5 when
+        preprocessing did not count them)."""
+        positives = self.options.get("positives", {}).get(split)
+        rows = self.rows.get(split, 0)
+        return positives / rows if positives is not None and rows else 0.5
+
     def to_feature_config(self, embedding_dim: int) -> "FeatureConfig":
         """The model side's description of these fields."""
         from iarm_torchrec.features import FeatureConfig, SparseFeature

@@ -30,7 +30,7 @@ most of what separates a good model from a plain logistic regression.
 import json
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -287,7 +287,13 @@ def ground_truth(data: SyntheticCriteo) -> Dict[str, Any]:
 
 
 def make_synthetic_dataset(
-    out_dir: PathLike, rows: int = 200_000, seed: int = 0, workers: int = 1, **settings: Any
+    out_dir: PathLike,
+    rows: int = 200_000,
+    seed: int = 0,
+    workers: int = 1,
+    numeric: Optional[str] = None,
+    min_count: Optional[int] = None,
+    **settings: Any,
 ) -> Path:
     """Generate, preprocess and score the synthetic Criteo in ``out_dir``; reuse it when it is
     already there with the same settings.
@@ -304,6 +310,7 @@ def make_synthetic_dataset(
         rows, seed, settings: the :class:`SyntheticConfig`.
         workers: preprocessing processes (1 is fastest up to a few million rows: starting
             workers costs more than they save).
+        numeric / min_count: Criteo preprocessing's options (:func:`~iarm_torchrec.data.preprocess.preprocess`).
 
     Returns:
         ``out_dir``, the preprocessed folder (pass it to the loader).
@@ -328,6 +335,8 @@ def make_synthetic_dataset(
         valid_ratio=config.valid_ratio,
         test_ratio=config.test_ratio,
         user_fields=list(config.user_fields),
+        numeric=numeric,
+        min_count=min_count,
         workers=workers,
         overwrite=True,
     )

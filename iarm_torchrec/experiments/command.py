@@ -33,6 +33,7 @@ from iarm_torchrec.experiments.report import render_attention_pairs, render_repo
 from iarm_torchrec.experiments.results import load_metrics, summarize
 from iarm_torchrec.experiments.runner import TrainFn, run_all, run_seconds
 from iarm_torchrec.experiments.presets import ModelConfigs
+from iarm_torchrec.experiments.tune import TUNED_TRAINING
 from iarm_torchrec.models.registry import check_model_settings
 from iarm_torchrec.provenance import cpu_name, describe
 from iarm_torchrec.train.settings import DATASETS, DEVICES, TrainSettings, parse_model_config
@@ -95,6 +96,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "'{\"iarm\": {\"num_layers\": 2}, \"dcn\": {\"num_cross_layers\": 2}}'; models not named keep "
         "their defaults (or --config's, for its model); variants such as IARM* change theirs on top",
     )
+    parser.add_argument(
+        "--tuned",
+        type=_tuned,
+        help="comma-separated best.json files of iarm tune: each model's tuned settings and learning rates "
+        "replace the defaults for that model's runs",
+    )
 
 
 def _model_configs(text: str) -> ModelConfigs:
@@ -106,10 +113,27 @@ def _model_configs(text: str) -> ModelConfigs:
         raise argparse.ArgumentTypeError(f"--model-config: {error}") from None
 
 
+def _tuned(text: str) -> List[TrainSettings]:
+    """``--tuned``: comma-separated ``best.json`` files of ``iarm tune``."""
+    try:
+        return [TrainSettings.from_file(path.strip()) for path in text.split(",") if path.strip()]
+    except (OSError, ValueError) as error:
+        raise argparse.ArgumentTypeError(f"--tuned: {error}") from None
+
+
+def tuned_settings(tuned: Sequence[TrainSettings]) -> Tuple[ModelConfigs, ModelConfigs]:
+    """``(model settings, training settings)`` per model of ``iarm tune``'s ``best.json`` files."""
+    models, training = {}, {}
+    for settings in tuned:
+        models[settings.model] = dict(settings.model_config)
+        training[settings.model] = {k: getattr(settings, k) for k in TUNED_TRAINING}
+    return models, training
+
+
 def base_settings(args: argparse.Namespace) -> TrainSettings:
     """The settings every run of the study shares: ``--config``, then the flags given."""
     base = TrainSettings.from_file(args.config) if args.config else TrainSettings()
-    skip = ("out", "model_config")
+    skip = ("out", "model_config", "tuned")
     given = {k: v for k, v in vars(args).items() if v is not None and k in base.to_dict() and k not in skip}
     return replace(base, **given)
 
@@ -122,7 +146,9 @@ def run(args: argparse.Namespace, train: Optional[TrainFn] = None) -> int:
     if len(args.seeds) < MIN_SEEDS:
         logger.warning("%d seed(s): the paper's comparisons need at least %d for a standard deviation",
                        len(args.seeds), MIN_SEEDS)
-    studies = {p: expand(p, base, args.seeds, out, args.models, args.model_config) for p in args.preset}
+    models, training = tuned_settings(args.tuned or [])
+    models.update(args.model_config or {})
+    studies = {p: expand(p, base, args.seeds, out, args.models, models, training) for p in args.preset}
     start = time.perf_counter()
     outcomes = run_all([r for runs in studies.values() for r in runs], train)
     failed = [o for o in outcomes if o.status == "failed"]

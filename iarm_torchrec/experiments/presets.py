@@ -86,13 +86,21 @@ class Variant:
     overrides: Dict[str, Any] = field(default_factory=dict)
     group: Optional[str] = None
 
-    def settings(self, base: TrainSettings, seed: int, model_configs: Optional[ModelConfigs] = None) -> TrainSettings:
+    def settings(
+        self,
+        base: TrainSettings,
+        seed: int,
+        model_configs: Optional[ModelConfigs] = None,
+        training: Optional[ModelConfigs] = None,
+    ) -> TrainSettings:
         """``base`` with this variant's model, settings and ``seed`` (validated anew). The model
         starts from ``model_configs[model]`` (the study's settings of that model), else from
-        ``base.model_config`` when ``base`` is of the same model, else from its defaults."""
+        ``base.model_config`` when ``base`` is of the same model, else from its defaults;
+        ``training[model]`` (tuned learning rates...) replaces base training settings."""
         given = (model_configs or {}).get(self.model)
         start = given if given is not None else base.model_config if base.model == self.model else {}
-        return base.with_model(self.model, {**start, **self.model_config}, seed=seed, **self.overrides)
+        changes = {**(training or {}).get(self.model, {}), **self.overrides}
+        return base.with_model(self.model, {**start, **self.model_config}, seed=seed, **changes)
 
 
 @dataclass(frozen=True)
@@ -166,6 +174,7 @@ def expand(
     out: "Path | str",
     models: Optional[Sequence[str]] = None,
     model_configs: Optional[ModelConfigs] = None,
+    training: Optional[ModelConfigs] = None,
 ) -> List[RunSpec]:
     """The runs of ``preset``: each variant at each seed, over ``base`` settings.
 
@@ -177,6 +186,8 @@ def expand(
         models: the models compared by ``table2`` and ``split`` (default: all of Table 2).
         model_configs: ``{model: its settings}`` for the models of the study (see
             :meth:`Variant.settings`).
+        training: ``{model: training settings}`` that replace ``base``'s for that model's runs
+            (a tuned model's learning rates, weight decay, ...).
     """
     if preset not in PRESETS:
         raise ValueError(f"unknown preset {preset!r}; choose one of {sorted(PRESETS)}")
@@ -187,7 +198,7 @@ def expand(
     runs = []
     for variant in PRESETS[preset](list(models or TABLE2_MODELS)):
         for seed in seeds:
-            settings = variant.settings(base, seed, model_configs)
+            settings = variant.settings(base, seed, model_configs, training)
             folder = run_dir(out, settings)
             runs.append(RunSpec(preset, variant, seed, replace(settings, out=str(folder)), folder))
     return runs

@@ -1,6 +1,7 @@
 """AutoInt (Song et al., CIKM 2019): IARM's interacting layers and output, without the interest arch."""
 
 import dataclasses
+from typing import List, Sequence
 
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from typing_extensions import Unpack
@@ -34,6 +35,9 @@ class AutoInt(IARM):
         num_heads: ``H`` (default 2).
         head_dim: ``d'`` (default 32).
         use_residual: keep ``W_Res e_m`` (AutoInt's residual connections).
+        attention_dropout: dropout on the attention weights while training.
+        deep_layer_sizes: AutoInt+: a parallel ReLU tower over the flattened fields (empty: none).
+        dropout: that tower's dropout.
     """
 
     def __init__(
@@ -44,6 +48,9 @@ class AutoInt(IARM):
         num_heads: int = 2,
         head_dim: int = 32,
         use_residual: bool = True,
+        attention_dropout: float = 0.0,
+        deep_layer_sizes: Sequence[int] = (),
+        dropout: float = 0.0,
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(
@@ -56,6 +63,9 @@ class AutoInt(IARM):
             use_interest=False,
             use_attention=True,
             use_residual=use_residual,
+            attention_dropout=attention_dropout,
+            deep_layer_sizes=deep_layer_sizes,
+            dropout=dropout,
             **fields,
         )
 
@@ -70,3 +80,6 @@ class AutoIntConfig(ModelConfig):
     num_heads: int = 2
     head_dim: int = 32
     use_residual: bool = True
+    attention_dropout: float = 0.0
+    deep_layer_sizes: List[int] = dataclasses.field(default_factory=list)
+    dropout: float = 0.0

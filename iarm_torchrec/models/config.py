@@ -106,6 +106,8 @@ class ModelConfig:
 
 @dataclasses.dataclass
 class DeepModelConfig(ModelConfig):
-    """Base of the configs of models with a deep MLP tower: its ``deep_layer_sizes``."""
+    """Base of the configs of models with a deep MLP tower: its layer sizes and regularizers."""
 
     deep_layer_sizes: List[int] = dataclasses.field(default_factory=lambda: list(DEFAULT_DEEP_LAYER_SIZES))
+    dropout: float = 0.0
+    norm: str = "none"

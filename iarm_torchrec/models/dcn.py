@@ -7,15 +7,15 @@ import torch
 from torch import nn
 from torchrec.modules.crossnet import CrossNet, VectorCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
-from torchrec.modules.mlp import MLP
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
 from iarm_torchrec.models.config import DeepModelConfig
 from iarm_torchrec.models.field_model import FieldModel, FieldOptions
-from iarm_torchrec.modules.checks import check_choice, check_layer_sizes, check_non_negative
+from iarm_torchrec.modules.checks import check_choice, check_non_negative
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
 from iarm_torchrec.modules.output import OutputArch
+from iarm_torchrec.modules.tower import Tower
 
 CROSS_TYPES = ("vector", "matrix")
 
@@ -43,6 +43,7 @@ class DCN(FieldModel):
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the deep network's ReLU layers.
+        dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
         num_cross_layers: ``L``, the number of cross layers.
         cross_type: ``"vector"`` (DCN) or ``"matrix"`` (DCN-V2).
     """
@@ -52,6 +53,8 @@ class DCN(FieldModel):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        dropout: float = 0.0,
+        norm: str = "none",
         num_cross_layers: int = 3,
         cross_type: str = "vector",
         **fields: Unpack[FieldOptions],
@@ -59,12 +62,11 @@ class DCN(FieldModel):
         super().__init__(embedding_bag_collection, dense_in_features, **fields)
         check_choice("cross_type", cross_type, CROSS_TYPES)
         check_non_negative(num_cross_layers=num_cross_layers)
-        check_layer_sizes("deep_layer_sizes", deep_layer_sizes)
         num_inputs = self.flat_dim
         cross_class = VectorCrossNet if cross_type == "vector" else CrossNet
         self.cross_net: nn.Module = cross_class(num_inputs, num_cross_layers)
-        self.deep_net: MLP = MLP(num_inputs, list(deep_layer_sizes), bias=True, activation="relu")
-        self.output_arch: OutputArch = OutputArch(num_inputs + deep_layer_sizes[-1])
+        self.deep_net: Tower = Tower(num_inputs, deep_layer_sizes, dropout, norm, name="deep_layer_sizes")
+        self.output_arch: OutputArch = OutputArch(num_inputs + self.deep_net.output_dim)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""

@@ -6,8 +6,10 @@ baselines compare on the same inputs. :class:`FieldModel` holds that front;
 :class:`FirstOrderModel` adds the first-order weights of the FM family.
 """
 
+import math
 from typing import List, Optional, Sequence, TypedDict
 
+import torch
 from torch import nn
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from typing_extensions import Unpack
@@ -77,6 +79,20 @@ class FieldModel(nn.Module):
         """``M D``, the width of the flattened field matrix ``[v_1; ...; v_M]``."""
         return self.num_fields * self.embedding_dim
 
+    def logit_bias(self) -> torch.Tensor:
+        """The bias added last to the logit: here ``self.output_arch``'s (an
+        :class:`~iarm_torchrec.modules.output.OutputArch`); a model that ends otherwise overrides it."""
+        return self.output_arch.linear.bias
+
+    @torch.no_grad()
+    def start_at_click_rate(self, click_rate: float) -> None:
+        """Initialise :meth:`logit_bias` to ``log(p / (1 - p))`` of the training click rate ``p``,
+        so that the untrained model predicts the click rate rather than 0.5: the log loss starts
+        at the click rate's entropy, not at ``ln 2``, and no model spends its first epoch
+        learning the base rate. Only an initial value: every model keeps its equation."""
+        p = min(max(click_rate, 1e-6), 1 - 1e-6)
+        self.logit_bias().fill_(math.log(p / (1 - p)))
+
 
 class FirstOrderModel(FieldModel):
     """:class:`FieldModel` plus ``self.first_order_arch``, the per-value weights
@@ -100,3 +116,7 @@ class FirstOrderModel(FieldModel):
         self.first_order_arch: FirstOrderArch = FirstOrderArch.for_fields(
             embedding_bag_collection, dense_in_features, linear_embedding_bag_collection
         )
+
+    def logit_bias(self) -> torch.Tensor:
+        """``w_0``, the global bias of the first-order term."""
+        return self.first_order_arch.bias

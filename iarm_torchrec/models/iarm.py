@@ -13,7 +13,10 @@ from iarm_torchrec.models.config import ModelConfig
 from iarm_torchrec.models.field_model import FieldModel, FieldOptions
 from iarm_torchrec.modules.interacting import InteractingArch
 from iarm_torchrec.modules.interest import InterestArch
+from iarm_torchrec.modules.checks import check_choice
 from iarm_torchrec.modules.output import OutputArch
+from iarm_torchrec.modules.products import PRODUCTS, product_arch
+from iarm_torchrec.modules.tower import Tower
 
 
 class IARM(FieldModel):
@@ -68,6 +71,19 @@ class IARM(FieldModel):
         num_heads: ``H`` (default 2).
         head_dim: ``d'`` (default 32).
         use_interest / use_attention / use_residual: the paper's ablation switches.
+        dropout / norm: regularizers of the towers (interest, product, deep); not in the paper.
+        attention_dropout / scaled_attention / attention_layer_norm: the interacting layers'
+            departures from the paper (:class:`~iarm_torchrec.modules.interacting.InteractingLayer`).
+        product: ``"none"`` (the paper), ``"inner"`` or ``"outer"``: PNN's product signal ``p``
+            of the field vectors, joined before the output layer (a departure from the paper:
+            attention with a linear output cannot form products of fields).
+        product_layer_sizes: a ReLU tower over ``[flatten(e); p]`` (PNN's) whose output is
+            joined instead of ``p`` itself (empty: ``p`` is joined as it is).
+        deep_layer_sizes: IARM+: a parallel ReLU tower over the flattened field vectors, joined
+            before the output layer (as AutoInt+ adds one to AutoInt); empty: none.
+
+    The departures are off by default, so ``IARM(...)`` is the paper's model; each is a
+    setting of :class:`IARMConfig` and of ``iarm train --model-config``.
     """
 
     def __init__(
@@ -82,10 +98,19 @@ class IARM(FieldModel):
         use_interest: bool = True,
         use_attention: bool = True,
         use_residual: bool = True,
+        dropout: float = 0.0,
+        norm: str = "none",
+        attention_dropout: float = 0.0,
+        scaled_attention: bool = False,
+        attention_layer_norm: bool = False,
+        product: str = "none",
+        product_layer_sizes: Sequence[int] = (),
+        deep_layer_sizes: Sequence[int] = (),
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, **fields)
         names, dim = self.field_names, self.embedding_dim
+        self.tower_options: Dict[str, Any] = {"dropout": dropout, "norm": norm}
         unknown = [n for n in user_feature_names if n not in names]
         if unknown:
             raise ValueError(f"user_feature_names {unknown} are not fields of the model; known fields: {names}")
@@ -101,16 +126,30 @@ class IARM(FieldModel):
             self.build_interest_arch(len(user_feature_names) * dim, interest_layer_sizes) if use_interest else None
         )
         self.interacting_arch: nn.Module = self.build_interacting_arch(
-            dim, num_layers, num_heads, head_dim, use_attention, use_residual
+            dim, num_layers, num_heads, head_dim, use_attention, use_residual,
+            attention_dropout=attention_dropout, scaled_attention=scaled_attention, layer_norm=attention_layer_norm,
+        )  # fmt: skip
+        check_choice("product", product, ("none", *PRODUCTS))
+        self.product_arch: Optional[nn.Module] = None if product == "none" else product_arch(product, len(names), dim)
+        self.product_tower: Optional[Tower] = (
+            Tower(self.flat_dim + self.product_arch.output_dim, product_layer_sizes, name="product_layer_sizes", **self.tower_options)
+            if self.product_arch is not None and product_layer_sizes
+            else None
         )
-        interest_dim = self.interest_arch.output_dim if self.interest_arch is not None else 0
-        self.output_arch: nn.Module = self.build_output_arch(
-            interest_dim + len(names) * self.interacting_arch.output_dim
+        self.deep_arch: Optional[Tower] = (
+            Tower(self.flat_dim, deep_layer_sizes, name="deep_layer_sizes", **self.tower_options) if deep_layer_sizes else None
         )
+        widths = [
+            self.interest_arch.output_dim if self.interest_arch is not None else 0,
+            len(names) * self.interacting_arch.output_dim,
+            _width(self.product_tower) or _width(self.product_arch),
+            _width(self.deep_arch),
+        ]
+        self.output_arch: nn.Module = self.build_output_arch(sum(widths))
 
     def build_interest_arch(self, in_features: int, layer_sizes: Sequence[int]) -> nn.Module:
         """``B x n x D`` user-field embeddings -> ``B x output_dim`` interest (Eq. 5-6)."""
-        return InterestArch(in_features, layer_sizes)
+        return InterestArch(in_features, layer_sizes, **self.tower_options)
 
     def build_interacting_arch(
         self,
@@ -120,9 +159,14 @@ class IARM(FieldModel):
         head_dim: int,
         use_attention: bool,
         use_residual: bool,
+        attention_dropout: float = 0.0,
+        scaled_attention: bool = False,
+        layer_norm: bool = False,
     ) -> nn.Module:
         """``B x M x D`` -> ``B x M x output_dim`` (Eq. 7-11)."""
-        return InteractingArch(in_dim, num_layers, num_heads, head_dim, use_attention, use_residual)
+        return InteractingArch(
+            in_dim, num_layers, num_heads, head_dim, use_attention, use_residual, attention_dropout, scaled_attention, layer_norm
+        )
 
     def build_output_arch(self, in_features: int) -> nn.Module:
         """``B x in_features`` -> ``B`` logits (Eq. 12 before the sigmoid)."""
@@ -133,6 +177,13 @@ class IARM(FieldModel):
         if self.interest_arch is not None:
             users = fields.index_select(1, self.user_field_index)  # B x n x D (Eq. 5)
             parts.insert(0, self.interest_arch(users))  # B x K (Eq. 6)
+        if self.product_arch is not None:
+            products = self.product_arch(fields)  # B x P
+            if self.product_tower is not None:
+                products = self.product_tower(torch.cat([fields.flatten(1), products], dim=1))
+            parts.append(products)
+        if self.deep_arch is not None:
+            parts.append(self.deep_arch(fields.flatten(1)))  # IARM+
         return self.output_arch(torch.cat(parts, dim=1))  # Eq. 12
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
@@ -156,6 +207,11 @@ class IARM(FieldModel):
         return self._logits(fields, interacted), attention
 
 
+def _width(arch: Optional[nn.Module]) -> int:
+    """``arch.output_dim``, 0 for a missing arch."""
+    return int(arch.output_dim) if arch is not None else 0
+
+
 @dataclass
 class IARMConfig(ModelConfig):
     """Everything needed to rebuild an IARM: its fields and its arch settings.
@@ -165,7 +221,7 @@ class IARMConfig(ModelConfig):
 
     Example::
 
-        >>> from iarm_torchrec.features import SparseFeature
+        >>> from iarm_torchrec.features import FeatureConfig, SparseFeature
         >>> cfg = IARMConfig(FeatureConfig([SparseFeature("user", 10), SparseFeature("item", 10)],
         ...                                user_feature_names=["user"], embedding_dim=8), num_layers=2)
         >>> type(cfg.build()).__name__
@@ -181,6 +237,14 @@ class IARMConfig(ModelConfig):
     use_interest: bool = True
     use_attention: bool = True
     use_residual: bool = True
+    dropout: float = 0.0
+    norm: str = "none"
+    attention_dropout: float = 0.0
+    scaled_attention: bool = False
+    attention_layer_norm: bool = False
+    product: str = "none"
+    product_layer_sizes: List[int] = field(default_factory=list)
+    deep_layer_sizes: List[int] = field(default_factory=list)
 
     def model_arguments(self, device: Optional[torch.device]) -> Dict[str, Any]:
         """The shared arguments plus the user fields of Eq. 5."""

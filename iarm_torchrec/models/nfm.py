@@ -32,6 +32,7 @@ class NFM(FirstOrderModel):
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the hidden ReLU layers above the bi-interaction pooling.
+        dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
         linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
     """
 
@@ -40,12 +41,14 @@ class NFM(FirstOrderModel):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        dropout: float = 0.0,
+        norm: str = "none",
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
         self.interaction: BiInteraction = BiInteraction()
-        self.deep_arch: DeepArch = DeepArch(self.embedding_dim, deep_layer_sizes)
+        self.deep_arch: DeepArch = DeepArch(self.embedding_dim, deep_layer_sizes, dropout, norm)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""

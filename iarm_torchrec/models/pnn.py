@@ -11,59 +11,8 @@ from typing_extensions import Unpack
 
 from iarm_torchrec.models.config import DeepModelConfig
 from iarm_torchrec.models.field_model import FieldModel, FieldOptions
-from iarm_torchrec.modules.checks import check_choice
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES, DeepArch
-from iarm_torchrec.modules.factorization import PairwiseProduct
-
-PRODUCTS = ("inner", "outer")
-
-
-class InnerProductArch(nn.Module):
-    """IPNN's product signal: every pairwise inner product ``<v_i, v_j>``, ``i < j``.
-
-    Args:
-        num_fields: ``M``; the output has ``P = M(M-1)/2`` columns.
-
-    Example::
-
-        >>> InnerProductArch(4)(torch.rand(2, 4, 3)).shape
-        torch.Size([2, 6])
-    """
-
-    def __init__(self, num_fields: int) -> None:
-        super().__init__()
-        self.pairwise: PairwiseProduct = PairwiseProduct(num_fields)
-        self.output_dim: int = self.pairwise.num_pairs
-
-    def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        """``B x M x D`` -> ``B x P``."""
-        return self.pairwise(fields).sum(dim=-1)
-
-
-class OuterProductArch(nn.Module):
-    """OPNN's product signal with superposition: ``p = f_S f_S^T``, ``f_S = sum_i v_i``.
-
-    The sum of all ``M^2`` outer products ``v_i v_j^T`` equals the outer product of the summed
-    vectors, which costs ``O(D(M + D))`` instead of ``O(M^2 D^2)``.
-
-    Args:
-        embedding_dim: ``D``; the output has ``D^2`` columns.
-
-    Example::
-
-        >>> OuterProductArch(3)(torch.rand(2, 4, 3)).shape
-        torch.Size([2, 9])
-    """
-
-    def __init__(self, embedding_dim: int) -> None:
-        super().__init__()
-        self.output_dim: int = embedding_dim * embedding_dim
-
-    def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        """``B x M x D`` -> ``B x D^2``."""
-        summed = fields.sum(dim=1)  # B x D
-        return (summed.unsqueeze(2) * summed.unsqueeze(1)).flatten(1)
-
+from iarm_torchrec.modules.products import product_arch
 
 class PNN(FieldModel):
     """``y = MLP([z; p])``: the linear signal ``z = [v_1; ...; v_M]`` and a product signal ``p``.
@@ -71,7 +20,7 @@ class PNN(FieldModel):
     The paper's product layer ``l_1 = ReLU(W_z (.) z + W_p (.) p + b_1)`` is a linear map of the
     concatenation ``[z; p]`` followed by ReLU, i.e. the first layer of :class:`DeepArch` over it;
     the further hidden layers and the output follow. ``product`` picks ``p``:
-    ``"inner"`` (IPNN, :class:`InnerProductArch`) or ``"outer"`` (OPNN, :class:`OuterProductArch`).
+    ``"inner"`` (IPNN) or ``"outer"`` (OPNN), :mod:`iarm_torchrec.modules.products`.
 
     Example::
 
@@ -84,6 +33,7 @@ class PNN(FieldModel):
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the ReLU layers, the first being the product layer ``l_1``.
+        dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
         product: ``"inner"`` or ``"outer"``.
     """
 
@@ -92,14 +42,18 @@ class PNN(FieldModel):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        dropout: float = 0.0,
+        norm: str = "none",
         product: str = "inner",
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, **fields)
-        check_choice("product", product, PRODUCTS)
-        num_fields, dim = self.num_fields, self.embedding_dim
-        self.product_arch: nn.Module = InnerProductArch(num_fields) if product == "inner" else OuterProductArch(dim)
-        self.deep_arch: DeepArch = DeepArch(num_fields * dim + self.product_arch.output_dim, deep_layer_sizes)
+        self.product_arch: nn.Module = product_arch(product, self.num_fields, self.embedding_dim)
+        self.deep_arch: DeepArch = DeepArch(self.flat_dim + self.product_arch.output_dim, deep_layer_sizes, dropout, norm)
+
+    def logit_bias(self) -> torch.Tensor:
+        """The deep tower's output bias."""
+        return self.deep_arch.output_arch.linear.bias
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""

@@ -32,6 +32,7 @@ class WideAndDeep(FirstOrderModel):
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the deep MLP's ReLU layers.
+        dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
         linear_embedding_bag_collection: the wide weight tables (``embedding_dim=1``);
             by default one per table of ``embedding_bag_collection``, on its device.
     """
@@ -41,12 +42,14 @@ class WideAndDeep(FirstOrderModel):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         deep_layer_sizes: Sequence[int] = tuple(DEFAULT_DEEP_LAYER_SIZES),
+        dropout: float = 0.0,
+        norm: str = "none",
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
         num_inputs = self.flat_dim
-        self.deep_arch: DeepArch = DeepArch(num_inputs, deep_layer_sizes)
+        self.deep_arch: DeepArch = DeepArch(num_inputs, deep_layer_sizes, dropout, norm)
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
         """``B x N`` dense values and the categorical KJT -> ``B`` logits."""

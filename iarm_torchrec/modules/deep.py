@@ -4,10 +4,8 @@ from typing import List, Sequence
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
-
-from iarm_torchrec.modules.checks import check_layer_sizes
 from iarm_torchrec.modules.output import OutputArch
+from iarm_torchrec.modules.tower import Tower
 
 DEFAULT_DEEP_LAYER_SIZES: List[int] = [400, 400, 400]
 """Three ReLU layers of 400 units: the default deep tower of every DNN baseline here (no
@@ -17,11 +15,13 @@ dropout or batch norm; tune per data set through the model configs)."""
 class DeepArch(nn.Module):
     """``w^T MLP(flatten(x)) + b``: the deep part of Wide & Deep, DeepFM, NFM and PNN.
 
-    ``torchrec.modules.mlp.MLP`` (Linear + ReLU per layer) followed by :class:`OutputArch`.
+    A :class:`~iarm_torchrec.modules.tower.Tower` (Linear [+ norm] + ReLU [+ dropout] per layer)
+    followed by :class:`OutputArch`.
 
     Args:
         in_features: size of the flattened input.
         layer_sizes: output size of each ReLU layer (at least one).
+        dropout / norm: the tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
 
     Example::
 
@@ -29,11 +29,10 @@ class DeepArch(nn.Module):
         torch.Size([5])
     """
 
-    def __init__(self, in_features: int, layer_sizes: Sequence[int]) -> None:
+    def __init__(self, in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0, norm: str = "none") -> None:
         super().__init__()
-        check_layer_sizes("deep_layer_sizes", layer_sizes)
-        self.mlp: MLP = MLP(in_features, list(layer_sizes), bias=True, activation="relu")
-        self.output_arch: OutputArch = OutputArch(layer_sizes[-1])
+        self.mlp: Tower = Tower(in_features, layer_sizes, dropout, norm, name="deep_layer_sizes")
+        self.output_arch: OutputArch = OutputArch(self.mlp.output_dim)
 
     def forward(self, features: torch.Tensor) -> torch.Tensor:
         """``B x ...`` (flattened to ``B x in_features``) -> ``B`` logits."""

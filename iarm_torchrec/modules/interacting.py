@@ -8,6 +8,7 @@ from torch import nn
 
 from iarm_torchrec.kernels.field_attention import field_attention, kernel_applies
 from iarm_torchrec.modules.checks import check_non_negative, check_positive
+from iarm_torchrec.modules.tower import check_dropout
 
 
 def head_views(qkv: torch.Tensor, num_heads: int, head_dim: int) -> List[Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
@@ -22,9 +23,13 @@ def attention_scores(query: torch.Tensor, key: torch.Tensor) -> torch.Tensor:
     return torch.softmax(torch.bmm(query, key.transpose(1, 2)), dim=-1)
 
 
-def matmul_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """Eq. 7-10 as per-head ``bmm`` + softmax: ``B x M x 3 H d'`` -> ``B x M x H d'``."""
-    heads = [torch.bmm(attention_scores(q, k), v) for q, k, v in head_views(qkv, num_heads, head_dim)]
+def matmul_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropout: float = 0.0) -> torch.Tensor:
+    """Eq. 7-10 as per-head ``bmm`` + softmax: ``B x M x 3 H d'`` -> ``B x M x H d'``; with
+    ``dropout > 0`` the attention weights ``alpha`` are dropped out (training only)."""
+    heads = [
+        torch.bmm(F.dropout(attention_scores(q, k), dropout) if dropout > 0 else attention_scores(q, k), v)
+        for q, k, v in head_views(qkv, num_heads, head_dim)
+    ]
     return torch.cat(heads, dim=-1)
 
 
@@ -36,11 +41,12 @@ def sdpa_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Te
 
 
 @torch.fx.wrap
-def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropout: float = 0.0) -> torch.Tensor:
     """Eq. 7-10 on the fused projections, ``B x M x 3 H d'`` -> ``B x M x H d'``, by the fastest
     exact path for the input: SDPA's fused kernels on CUDA; on CPU the compiled field-attention
     kernel (:mod:`iarm_torchrec.kernels.field_attention`: float32, ``d'`` in 4, 8, 16, 32, 64),
-    else :func:`matmul_attention`. A leaf for ``torch.fx`` (the dispatch is not traced), so
+    else :func:`matmul_attention`, which also takes attention ``dropout`` (callers pass it in
+    training only). A leaf for ``torch.fx`` (the dispatch is not traced), so
     ``TrainPipelineSparseDist`` can trace the model.
 
     Example::
@@ -49,6 +55,8 @@ def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> to
         >>> torch.allclose(multi_head_attention(qkv, 2, 3), sdpa_attention(qkv, 2, 3), atol=1e-6)
         True
     """
+    if dropout > 0:
+        return matmul_attention(qkv, num_heads, head_dim, dropout)
     if qkv.is_cuda:
         return sdpa_attention(qkv, num_heads, head_dim)
     if kernel_applies(qkv, head_dim):
@@ -78,12 +86,17 @@ class InteractingLayer(nn.Module):
     Ablations: ``use_attention=False`` gives IRM's layer ``ReLU(W_Res e_m)``;
     ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
 
+    Departures from the paper, each off by default: ``attention_dropout`` (dropout on
+    ``alpha`` while training), ``scaled_attention`` (``phi / sqrt(d')``, as Transformers and
+    AutoInt's later code scale) and ``layer_norm`` (``ReLU(LayerNorm(e~_m + W_Res e_m))``).
+
     Args:
         in_dim: ``d``, the size of each input field vector.
         num_heads: ``H``.
         head_dim: ``d'``, the size of each head's subspace; the output is ``H d'`` wide.
         use_attention: keep Eq. 7-10.
         use_residual: keep ``W_Res e_m`` in Eq. 11.
+        attention_dropout / scaled_attention / layer_norm: the departures above.
 
     Example::
 
@@ -101,9 +114,13 @@ class InteractingLayer(nn.Module):
         head_dim: int,
         use_attention: bool = True,
         use_residual: bool = True,
+        attention_dropout: float = 0.0,
+        scaled_attention: bool = False,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         check_positive(in_dim=in_dim, num_heads=num_heads, head_dim=head_dim)
+        check_dropout("attention_dropout", attention_dropout)
         if not (use_attention or use_residual):
             raise ValueError(
                 "an interacting layer without attention and without residual computes nothing: "
@@ -120,6 +137,18 @@ class InteractingLayer(nn.Module):
         self.residual: nn.Linear | None = (
             nn.Linear(in_dim, self.output_dim, bias=False) if use_residual else None
         )
+        self.attention_dropout: float = attention_dropout
+        self.scaled_attention: bool = scaled_attention
+        # 1/sqrt(d') on the query columns only: phi / sqrt(d') without touching the kernels
+        scale = torch.ones(3 * self.output_dim)
+        scale[: self.output_dim] = head_dim**-0.5
+        self.register_buffer("query_scale", scale, persistent=False)
+        self.layer_norm: nn.LayerNorm | None = nn.LayerNorm(self.output_dim) if layer_norm else None
+
+    def _projections(self, fields: torch.Tensor) -> torch.Tensor:
+        assert self.qkv is not None
+        qkv = self.qkv(fields)
+        return qkv * self.query_scale if self.scaled_attention else qkv
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """
@@ -131,10 +160,14 @@ class InteractingLayer(nn.Module):
         """
         if self.qkv is None:
             assert self.residual is not None
-            return torch.relu(self.residual(fields))  # IRM: no Eq. 7-10
-        out = multi_head_attention(self.qkv(fields), self.num_heads, self.head_dim)  # B x M x H d' (Eq. 7-10)
-        if self.residual is not None:
-            out = out + self.residual(fields)
+            out = self.residual(fields)  # IRM: no Eq. 7-10
+        else:
+            dropout = self.attention_dropout if self.training else 0.0
+            out = multi_head_attention(self._projections(fields), self.num_heads, self.head_dim, dropout)  # Eq. 7-10
+            if self.residual is not None:
+                out = out + self.residual(fields)
+        if self.layer_norm is not None:
+            out = self.layer_norm(out)
         return torch.relu(out)
 
     def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
@@ -148,7 +181,7 @@ class InteractingLayer(nn.Module):
         """
         if self.qkv is None:
             raise ValueError("this layer was built with use_attention=False and has no attention weights")
-        views = head_views(self.qkv(fields), self.num_heads, self.head_dim)
+        views = head_views(self._projections(fields), self.num_heads, self.head_dim)
         return torch.stack([attention_scores(q, k) for q, k, _ in views], dim=1)
 
 
@@ -165,6 +198,8 @@ class InteractingArch(nn.Module):
         head_dim: ``d'`` of every layer.
         use_attention: see :class:`InteractingLayer` (False: IRM).
         use_residual: see :class:`InteractingLayer` (False: IARM-).
+        attention_dropout / scaled_attention / layer_norm: every layer's departures from the
+            paper (:class:`InteractingLayer`), off by default.
 
     Example::
 
@@ -182,12 +217,17 @@ class InteractingArch(nn.Module):
         head_dim: int = 32,
         use_attention: bool = True,
         use_residual: bool = True,
+        attention_dropout: float = 0.0,
+        scaled_attention: bool = False,
+        layer_norm: bool = False,
     ) -> None:
         super().__init__()
         check_non_negative(num_layers=num_layers)
         dims = [in_dim] + [num_heads * head_dim] * num_layers
         self.layers: nn.ModuleList = nn.ModuleList(
-            InteractingLayer(dims[i], num_heads, head_dim, use_attention, use_residual)
+            InteractingLayer(
+                dims[i], num_heads, head_dim, use_attention, use_residual, attention_dropout, scaled_attention, layer_norm
+            )
             for i in range(num_layers)
         )
         self.output_dim: int = dims[-1]

@@ -4,9 +4,7 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchrec.modules.mlp import MLP
-
-from iarm_torchrec.modules.checks import check_layer_sizes
+from iarm_torchrec.modules.tower import Tower
 
 
 class InterestArch(nn.Module):
@@ -19,6 +17,7 @@ class InterestArch(nn.Module):
     Args:
         in_features: ``n * D``.
         layer_sizes: output size of each ReLU layer (the paper uses four).
+        dropout / norm: the tower's regularizers (not in the paper; off by default).
 
     Example::
 
@@ -27,11 +26,10 @@ class InterestArch(nn.Module):
         torch.Size([3, 4])
     """
 
-    def __init__(self, in_features: int, layer_sizes: Sequence[int]) -> None:
+    def __init__(self, in_features: int, layer_sizes: Sequence[int], dropout: float = 0.0, norm: str = "none") -> None:
         super().__init__()
-        check_layer_sizes("interest_layer_sizes", layer_sizes)
-        self.output_dim: int = layer_sizes[-1]
-        self.mlp: MLP = MLP(in_features, list(layer_sizes), bias=True, activation="relu")
+        self.mlp: Tower = Tower(in_features, layer_sizes, dropout, norm, name="interest_layer_sizes")
+        self.output_dim: int = self.mlp.output_dim
 
     def forward(self, user_embeddings: torch.Tensor) -> torch.Tensor:
         """

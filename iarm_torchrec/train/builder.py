@@ -34,6 +34,7 @@ from iarm_torchrec.files import atomic_write_bytes, atomic_write_json, strict_js
 from iarm_torchrec.locks import acquire, release
 from iarm_torchrec.models.config import ModelConfig
 from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.field_model import FieldModel
 from iarm_torchrec.models.registry import make_config, model_config_dict
 from iarm_torchrec.train.checkpoint import CheckpointManager
 from iarm_torchrec.train.distributed import DistEnv
@@ -161,11 +162,12 @@ def _build(
         write_run_files(run_dir, settings, model_config, data_dir)
 
     torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
-    model = CTRTrain(model_config.build(torch.device("meta")))
+    bare = model_config.build(torch.device("meta"))
+    if isinstance(bare, FieldModel):
+        bare.start_at_click_rate(spec.click_rate("train"))
+    model = CTRTrain(bare)
     tables = table_configs(model)
-    sharded = shard_model(
-        model, env, settings.dense_optimizer, settings.lr, settings.sparse_optimizer, settings.sparse_lr
-    )
+    sharded = shard_model(model, env, settings.optimizer_settings())
     init_tables(sharded.model, tables, settings.seed)
     if env.is_main:
         logger.info("sharding plan:\n%s", sharded.plan)

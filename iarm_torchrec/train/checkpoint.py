@@ -58,24 +58,26 @@ class Progress:
         epoch: the epoch in progress (or next, when ``batch == 0``).
         batch: batches of ``epoch`` already trained on.
         step: optimizer steps in all.
-        best_auc: the best validation AUC so far (``-1`` before the first evaluation).
+        best_score: the best monitored validation score so far (AUC, or minus the log loss).
         best_checkpoint: the checkpoint folder name holding the best model.
         epochs_without_improvement: for early stopping.
         loss_sum: the training losses of ``epoch`` so far, summed over steps (each step's
             loss averaged over the ranks).
         history: one dict of metrics per finished epoch.
+        plateau_scale: the reduce-on-plateau factor of the learning rates so far.
         stopped_early: early stopping fired; no more epochs follow.
     """
 
     epoch: int = 0
     batch: int = 0
     step: int = 0
-    best_auc: float = -1.0
+    best_score: float = float("-inf")
     best_checkpoint: Optional[str] = None
     epochs_without_improvement: int = 0
     loss_sum: float = 0.0
     history: List[Dict[str, Any]] = field(default_factory=list)
     stopped_early: bool = False
+    plateau_scale: float = 1.0
 
 
 def checkpoint_name(step: int) -> str:

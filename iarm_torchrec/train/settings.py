@@ -16,8 +16,8 @@ Example::
     >>> s = TrainSettings.from_args(["--epochs", "2", "--interest-layers", "64,32", "--no-residual"])
     >>> s.epochs, s.model_config["interest_layer_sizes"], s.model_config["use_residual"]
     (2, [64, 32], False)
-    >>> TrainSettings.from_args(["--model", "dcn", "--model-config", '{"num_cross_layers": 2}']).model_config
-    {'deep_layer_sizes': [400, 400, 400], 'num_cross_layers': 2, 'cross_type': 'vector'}
+    >>> TrainSettings.from_args(["--model", "dcn", "--model-config", '{"num_cross_layers": 2}']).model_config["num_cross_layers"]
+    2
     >>> TrainSettings.from_args(["--model", "fm", "--num-layers", "5"])
     Traceback (most recent call last):
     ...
@@ -35,16 +35,20 @@ from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from iarm_torchrec.data.numeric import TRANSFORMS as NUMERIC_TRANSFORMS
 from iarm_torchrec.data.preprocess import DATASETS as RAW_DATASETS
 from iarm_torchrec.files import PathLike, atomic_write_json
 from iarm_torchrec.models.registry import MODEL_NAMES, check_model_settings, config_class, describe_settings
 from iarm_torchrec.modules.checks import check_choice
+from iarm_torchrec.train.sharding import OptimizerSettings
 
 DATASETS = ("synthetic", *RAW_DATASETS)
 """What ``--dataset`` takes: the generated dataset and every raw format :mod:`iarm_torchrec.data` reads."""
 DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+MONITORS = ("auc", "logloss")
+"""Validation metrics that can pick the best epoch (``auc`` higher, ``logloss`` lower is better)."""
 SETTINGS_FILE = "settings.json"
 
 MODEL_FLAGS: Dict[str, str] = {
@@ -83,6 +87,16 @@ class TrainSettings:
             backward pass by FBGEMM. FBGEMM's CPU kernels fuse SGD, Adagrad and row-wise
             Adagrad only: ``adam`` on CPU keeps the tables on the non-fused dense kernel and
             steps them with a dense Adam instead.
+        weight_decay: decoupled weight decay of the dense parameters (``AdamW`` for ``adam``).
+        embedding_weight_decay: L2 penalty on the embedding rows each batch touches (FBGEMM's
+            fused ``weight_decay``, mode L2; FuxiCTR's ``embedding_regularizer``).
+        max_grad_norm: clip the dense parameters' gradient to this L2 norm (0: off).
+        lr_warmup_steps: scale both learning rates up linearly over the first N steps (0: off).
+        lr_plateau_factor / lr_plateau_patience: multiply both learning rates by the factor
+            each time the monitored validation metric has not improved for ``patience`` epochs
+            (reduce-on-plateau; factor 1: off).
+        monitor: the validation metric that picks the best epoch, drives early stopping and
+            the plateau schedule: ``auc`` (higher is better) or ``logloss`` (lower is better).
         seed: model initialisation and data shuffling.
         checkpoint_every: also checkpoint every N steps (0: at epoch ends only).
         resume: ``"latest"`` to continue from the newest complete checkpoint of ``out``
@@ -90,6 +104,10 @@ class TrainSettings:
         early_stopping_patience: stop after this many epochs without a better validation
             AUC (0: never stop early).
         field_set / min_count / test_ratio / valid_ratio / synthetic_rows: preprocessing.
+        numeric: how numerical fields enter the model (preprocessing, cached per choice):
+            ``log1p``, ``standard`` (train mean and std), ``minmax``, ``none``, or
+            ``bucketize`` (each becomes a categorical field: ``floor(ln(x)^2)`` for ``x > 2``,
+            the value itself below, Criteo Kaggle's second-place rule); default per dataset.
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         max_steps_per_epoch: cut each epoch short after this many steps (0: whole epoch);
             for smoke runs and benchmarks.
@@ -108,6 +126,13 @@ class TrainSettings:
     lr: float = 1e-3
     sparse_optimizer: str = "rowwise_adagrad"
     sparse_lr: float = 0.05
+    weight_decay: float = 0.0
+    embedding_weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
+    lr_warmup_steps: int = 0
+    lr_plateau_factor: float = 1.0
+    lr_plateau_patience: int = 1
+    monitor: str = "auc"
     seed: int = 0
     checkpoint_every: int = 0
     resume: Optional[str] = None
@@ -116,6 +141,7 @@ class TrainSettings:
     min_count: Optional[int] = None
     test_ratio: Optional[float] = None
     valid_ratio: Optional[float] = None
+    numeric: Optional[str] = None
     synthetic_rows: int = 100_000
     device: str = "auto"
     max_steps_per_epoch: int = 0
@@ -126,6 +152,16 @@ class TrainSettings:
         check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
         check_choice("sparse_optimizer", self.sparse_optimizer, SPARSE_OPTIMIZERS)
         check_choice("device", self.device, DEVICES)
+        check_choice("monitor", self.monitor, MONITORS)
+        if self.numeric is not None:
+            check_choice("numeric", self.numeric, NUMERIC_TRANSFORMS)
+        for name in ("weight_decay", "embedding_weight_decay", "max_grad_norm", "lr_warmup_steps"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.lr_plateau_factor <= 1:
+            raise ValueError(f"lr_plateau_factor must be in (0, 1] (1: no reduction), got {self.lr_plateau_factor}")
+        if self.lr_plateau_patience < 1:
+            raise ValueError(f"lr_plateau_patience must be >= 1 epoch, got {self.lr_plateau_patience}")
         if self.batch_size <= 0:
             raise ValueError(f"batch_size must be a positive global batch size, got {self.batch_size}")
         for name in ("embedding_dim", "epochs", "synthetic_rows"):
@@ -163,6 +199,18 @@ class TrainSettings:
             return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "iarm_torchrec"
         return base / ".iarm-cache"
 
+    def optimizer_settings(self) -> OptimizerSettings:
+        """How the dense parameters and the tables are stepped."""
+        return OptimizerSettings(
+            dense=self.dense_optimizer,
+            lr=self.lr,
+            weight_decay=self.weight_decay,
+            max_grad_norm=self.max_grad_norm,
+            sparse=self.sparse_optimizer,
+            sparse_lr=self.sparse_lr,
+            embedding_weight_decay=self.embedding_weight_decay,
+        )
+
     def with_model(self, model: str, model_config: Optional[Dict[str, Any]] = None, **changes: Any) -> "TrainSettings":
         """These settings for ``model`` with ``model_config`` (that model's own settings; its
         defaults where absent), validated anew."""
@@ -175,6 +223,7 @@ class TrainSettings:
             "min_count": self.min_count,
             "test_ratio": self.test_ratio,
             "valid_ratio": self.valid_ratio,
+            "numeric": self.numeric,
         }
         return {k: v for k, v in options.items() if v is not None}
 
@@ -275,6 +324,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-ratio", type=float, help="share of rows held out for testing")
     g.add_argument("--valid-ratio", type=float, help="share of rows held out for validation")
     g.add_argument("--synthetic-rows", type=int, help=f"rows of the synthetic dataset (default {d.synthetic_rows})")
+    g.add_argument("--numeric", choices=NUMERIC_TRANSFORMS, help="numerical fields: log1p, standard, minmax, none, or bucketize into categorical fields (default: per dataset; preprocessed and cached per choice)")
     g = parser.add_argument_group("model (each model takes the settings its config knows; see --model-config)")
     g.add_argument("--model", choices=MODEL_NAMES, help=f"registered model name (default {d.model})")
     g.add_argument(
@@ -305,6 +355,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "Adam over tables kept on the non-fused dense kernel",
     )
     g.add_argument("--sparse-lr", type=float, help=f"embedding learning rate (default {d.sparse_lr})")
+    g.add_argument("--weight-decay", type=float, help="decoupled weight decay of the dense parameters (AdamW for adam; default 0)")
+    g.add_argument("--embedding-weight-decay", type=float, help="L2 penalty on the embedding rows each batch touches (FBGEMM's fused weight_decay, L2 mode; default 0)")
+    g.add_argument("--max-grad-norm", type=float, help="clip the dense gradient's L2 norm (default 0: off)")
+    g.add_argument("--lr-warmup-steps", type=int, help="linear warm-up of both learning rates over N steps (default 0: off)")
+    g.add_argument("--lr-plateau-factor", type=float, help="multiply both learning rates by this when the monitored metric stalls (default 1: off)")
+    g.add_argument("--lr-plateau-patience", type=int, help=f"epochs without improvement before each reduction (default {d.lr_plateau_patience})")
+    g.add_argument("--monitor", choices=MONITORS, help=f"validation metric for the best epoch, early stopping and the plateau schedule (default {d.monitor})")
     g.add_argument("--seed", type=int, help=f"(default {d.seed})")
     g.add_argument("--checkpoint-every", type=int, help="also checkpoint every N steps (default: epoch ends only)")
     g.add_argument(

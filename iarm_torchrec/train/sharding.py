@@ -16,12 +16,23 @@ The steps, as in TorchRec's DLRM example:
 FBGEMM's CPU kernels fuse SGD, Adagrad and row-wise Adagrad only. ``adam`` for the tables on
 CPU therefore keeps them on the non-fused ``dense`` compute kernel, where they are ordinary
 parameters stepped by a ``torch.optim.Adam`` of their own (``sparse_lr``).
+
+Regularization (:class:`OptimizerSettings`): the dense parameters take decoupled weight decay
+(``AdamW`` for ``adam``; ``Adagrad``/``SGD`` take it as L2 in the gradient) and optional
+gradient-norm clipping (TorchRec's ``GradientClippingOptimizer`` around the dense optimizer).
+The tables take an L2 penalty (``embedding_weight_decay``): on GPU FBGEMM's fused kernels
+apply ``weight_decay`` with ``WeightDecayMode.L2`` to the rows a batch looks up, as FuxiCTR's
+``embedding_regularizer`` regularizes the embeddings in use. FBGEMM's CPU kernels (checked with
+fbgemm-gpu-cpu 1.8.0: SGD, Adagrad and row-wise Adagrad) accept the argument and ignore it, so
+on CPU a fused table optimizer with ``embedding_weight_decay`` is refused with that message
+rather than silently unregularized; there, sparse ``adam`` (the non-fused dense kernel) takes
+Adam's own L2 ``weight_decay``, which reaches every row.
 """
 
 import logging
 import zlib
 from dataclasses import dataclass
-from typing import Callable, Dict, Iterable, List, Tuple, Type
+from typing import Any, Callable, Dict, Iterable, List, Tuple, Type
 
 import torch
 import torch.distributed as dist
@@ -36,7 +47,9 @@ from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, Tr
 from torchrec.distributed.types import ShardingPlan, ShardingType
 from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
+from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
+from torchrec.optim.clipping import GradientClipping, GradientClippingOptimizer
 from torchrec.optim.keyed import CombinedOptimizer, KeyedOptimizer, KeyedOptimizerWrapper
 from torchrec.optim.optimizers import in_backward_optimizer_filter
 
@@ -94,6 +107,36 @@ def sharding_constraints(model: nn.Module, fused: bool) -> Dict[str, ParameterCo
     return constraints
 
 
+@dataclass(frozen=True)
+class OptimizerSettings:
+    """How the parameters are stepped.
+
+    Args:
+        dense: ``adam``, ``adagrad`` or ``sgd`` for every non-table parameter.
+        lr: its learning rate.
+        weight_decay: decoupled weight decay of the dense parameters (0: none).
+        max_grad_norm: clip the dense gradients to this total L2 norm (0: no clipping).
+        sparse: the tables' optimizer (fused into backward where FBGEMM can).
+        sparse_lr: its learning rate.
+        embedding_weight_decay: L2 penalty on the table rows a batch touches (0: none).
+    """
+
+    dense: str = "adam"
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.0
+    sparse: str = "rowwise_adagrad"
+    sparse_lr: float = 0.05
+    embedding_weight_decay: float = 0.0
+
+    def sparse_kwargs(self) -> Dict[str, Any]:
+        """The fused optimizer's arguments (learning rate, L2 on touched rows)."""
+        kwargs: Dict[str, Any] = {"lr": self.sparse_lr}
+        if self.embedding_weight_decay:
+            kwargs.update(weight_decay=self.embedding_weight_decay, weight_decay_mode=WeightDecayMode.L2)
+        return kwargs
+
+
 @dataclass
 class ShardedModel:
     """The sharded model, its combined optimizer and the plan it was sharded by."""
@@ -104,16 +147,16 @@ class ShardedModel:
     sparse_fused: bool
 
 
-def shard_model(
-    model: nn.Module,
-    env: DistEnv,
-    dense_optimizer: str,
-    lr: float,
-    sparse_optimizer: str,
-    sparse_lr: float,
-) -> ShardedModel:
+def shard_model(model: nn.Module, env: DistEnv, optimizer: OptimizerSettings) -> ShardedModel:
     """Shard ``model`` (a ``*Train`` wrapper built on ``meta``) over the job in ``env``."""
+    sparse_optimizer = optimizer.sparse
     fused = sparse_optimizer_is_fused(sparse_optimizer, env.device)
+    if fused and optimizer.embedding_weight_decay and env.device.type == "cpu":
+        raise ValueError(
+            f"embedding_weight_decay: FBGEMM's CPU kernels ignore weight_decay for the fused {sparse_optimizer} "
+            "(fbgemm-gpu-cpu 1.8.0), so the tables would not be regularized; on CPU use --sparse-optimizer adam "
+            "(non-fused, Adam's L2 weight decay) or train on a GPU"
+        )
     tables: List[nn.Parameter] = [
         ebc.embedding_bags[c.name].weight
         for _, ebc in embedding_bag_collections(model)
@@ -121,13 +164,13 @@ def shard_model(
         if c.embedding_dim % FBGEMM_COLUMN_MULTIPLE == 0  # the rest go data-parallel, stepped densely
     ]
     if fused:
-        apply_optimizer_in_backward(SPARSE_OPTIMIZER_CLASSES[sparse_optimizer], tables, {"lr": sparse_lr})
+        apply_optimizer_in_backward(SPARSE_OPTIMIZER_CLASSES[sparse_optimizer], tables, optimizer.sparse_kwargs())
     else:
         logger.warning(
             "FBGEMM's CPU kernels cannot fuse %s: the tables use the dense compute kernel and a "
             "non-fused torch.optim.Adam (lr=%g)",
             sparse_optimizer,
-            sparse_lr,
+            optimizer.sparse_lr,
         )
     topology = TopologyFactory.create_topology(
         TrainerConfig(world_size=env.world_size, local_world_size=env.local_world_size),
@@ -145,15 +188,27 @@ def shard_model(
     else:
         sparse_params = {k: v for k, v in dense_params.items() if k in table_names}
         dense_params = {k: v for k, v in dense_params.items() if k not in table_names}
-        optimizers.append(_keyed(sparse_params, torch.optim.Adam, sparse_lr))
-    optimizers.append(_keyed(dense_params, DENSE_OPTIMIZER_CLASSES[dense_optimizer], lr))
+        optimizers.append(_keyed(sparse_params, torch.optim.Adam, optimizer.sparse_lr, optimizer.embedding_weight_decay))
+    dense: KeyedOptimizer = _keyed(
+        dense_params,
+        torch.optim.AdamW if optimizer.dense == "adam" and optimizer.weight_decay else DENSE_OPTIMIZER_CLASSES[optimizer.dense],
+        optimizer.lr,
+        optimizer.weight_decay,
+    )
+    if optimizer.max_grad_norm:
+        dense = GradientClippingOptimizer(dense, GradientClipping.NORM, max_gradient=optimizer.max_grad_norm)
+    optimizers.append(dense)
     return ShardedModel(dmp, CombinedOptimizer(optimizers), plan, fused)
 
 
-def _keyed(params: Dict[str, nn.Parameter], cls: Type[torch.optim.Optimizer], lr: float) -> KeyedOptimizerWrapper:
+def _keyed(
+    params: Dict[str, nn.Parameter], cls: Type[torch.optim.Optimizer], lr: float, weight_decay: float = 0.0
+) -> KeyedOptimizerWrapper:
     """``cls`` over ``params`` with its fused (single-kernel) step: Adam, Adagrad and SGD have one
     on CPU and CUDA, 3.6x faster than their per-tensor loop over IARM's ~30 dense tensors."""
-    factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = lambda ps: cls(ps, lr=lr, fused=True)
+    factory: Callable[[Iterable[nn.Parameter]], torch.optim.Optimizer] = lambda ps: cls(
+        ps, lr=lr, weight_decay=weight_decay, fused=True
+    )
     return KeyedOptimizerWrapper(params, factory)
 
 

@@ -23,7 +23,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Callable, Dict, Iterator, Sequence
+from typing import Any, Callable, Dict, Iterator, Optional, Sequence
 
 import torch
 import torch.distributed as dist
@@ -38,12 +38,22 @@ from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import EvalResult, evaluate
 from iarm_torchrec.train.guards import check_loss, finite_or_worst, require_best
 from iarm_torchrec.train.layout import METRICS_FILE, SUMMARY_FILE
+from iarm_torchrec.train.schedule import LearningRateSchedule
 from iarm_torchrec.train.settings import TrainSettings
 
 logger = logging.getLogger(__name__)
 
 StepCallback = Callable[["Trainer", Progress], None]
 """Called after every training step with the trainer and the progress so far."""
+EpochCallback = Callable[["Trainer", Progress, Dict[str, Any]], None]
+"""Called after every epoch's validation with the trainer, the progress and the epoch's record
+(``valid_auc``, ``valid_logloss``, ...); it may raise to stop the run (e.g. a pruned trial)."""
+
+
+def score(record: Dict[str, Any], monitor: str) -> float:
+    """The monitored validation metric as a score, higher is better (``auc``, or ``-logloss``);
+    ``-inf`` when it is not finite, so a diverged epoch is never the best."""
+    return finite_or_worst(record["valid_auc"] if monitor == "auc" else -float(record["valid_logloss"]))
 
 
 class Trainer:
@@ -52,14 +62,19 @@ class Trainer:
     Args:
         run: what :func:`~iarm_torchrec.train.builder.build_run` made.
         callbacks: called after every training step (see :data:`StepCallback`).
+        epoch_callbacks: called after every epoch's validation (see :data:`EpochCallback`).
     """
 
-    def __init__(self, run: TrainingRun, callbacks: Sequence[StepCallback] = ()) -> None:
+    def __init__(
+        self, run: TrainingRun, callbacks: Sequence[StepCallback] = (), epoch_callbacks: Sequence[EpochCallback] = ()
+    ) -> None:
         self.run = run
-        self.settings = run.settings
+        self.settings = s = run.settings
         self.env = run.env
         self.callbacks = list(callbacks)
+        self.epoch_callbacks = list(epoch_callbacks)
         self.pipeline: TrainPipelineSparseDist = TrainPipelineSparseDist(run.model, run.optimizer, run.env.device)
+        self.schedule = LearningRateSchedule(run.optimizer, s.lr_warmup_steps, s.lr_plateau_factor, s.lr_plateau_patience)
 
     @property
     def steps_per_epoch(self) -> int:
@@ -82,13 +97,15 @@ class Trainer:
         logger.info("resumed from %s (epoch %d, batch %d, step %d)", path, progress.epoch, progress.batch, progress.step)
         return progress
 
-    def fit(self) -> Dict[str, Any]:
-        """Train, validate, checkpoint; then test the best checkpoint. Returns the metrics."""
+    def fit(self, test: bool = True) -> Dict[str, Any]:
+        """Train, validate, checkpoint; then test the best checkpoint (unless ``test`` is
+        False: hyperparameter search never reads the test split). Returns the metrics."""
         progress = self.resume()
+        self.schedule.apply(progress.step, progress.plateau_scale)
         while progress.epoch < self.settings.epochs and not progress.stopped_early:
             samples_per_s = self._train_epoch(progress)
             self._end_epoch(progress, samples_per_s)
-        return self._finish(progress)
+        return self._finish(progress, test)
 
     def _train_epoch(self, progress: Progress) -> float:
         """Train the rest of ``progress.epoch``; returns the samples per second."""
@@ -109,6 +126,8 @@ class Trainer:
         local_loss = torch.zeros((), dtype=torch.float64, device=env.device)
         start, start_step = time.perf_counter(), progress.step
         while True:
+            if self.schedule.active:
+                self.schedule.apply(progress.step, progress.plateau_scale)
             try:
                 loss, _, _ = self.pipeline.progress(batches)
             except StopIteration:
@@ -144,22 +163,26 @@ class Trainer:
     def _end_epoch(self, progress: Progress, samples_per_s: float) -> None:
         s = self.settings
         result = evaluate(self.pipeline, self.run.model, self.run.valid_loader, self.env)
-        improved = finite_or_worst(result.auc) > progress.best_auc
         record = {
             "epoch": progress.epoch,
             "step": progress.step,
             "train_loss": progress.loss_sum / max(progress.batch, 1),
             "valid_auc": result.auc,
             "valid_logloss": result.logloss,
+            "valid_ne": result.ne,
+            "valid_calibration": result.calibration,
+            "lr_scale": self.schedule.factor(progress.step, progress.plateau_scale),
             "samples_per_s": samples_per_s,
         }
         progress.history.append(record)
+        improved = score(record, s.monitor) > progress.best_score
         if improved:
-            progress.best_auc = result.auc
+            progress.best_score = score(record, s.monitor)
             progress.best_checkpoint = checkpoint_name(progress.step)
             progress.epochs_without_improvement = 0
         else:
             progress.epochs_without_improvement += 1
+        progress.plateau_scale = self.schedule.next_plateau_scale(progress.plateau_scale, progress.epochs_without_improvement)
         if s.early_stopping_patience and progress.epochs_without_improvement >= s.early_stopping_patience:
             progress.stopped_early = True
         progress.epoch += 1
@@ -171,28 +194,36 @@ class Trainer:
                 record["epoch"], record["train_loss"], result.auc, result.logloss, " (best)" if improved else "",
             )
             if self.run.writer is not None:
-                for key in ("train_loss", "valid_auc", "valid_logloss"):
+                for key in ("train_loss", "valid_auc", "valid_logloss", "valid_ne", "valid_calibration", "lr_scale"):
                     self.run.writer.add_scalar(f"epoch/{key}", record[key], record["epoch"])
+                self.run.writer.flush()
         self.run.checkpoints.save(self.run.model, self.run.optimizer, progress)
+        for callback in self.epoch_callbacks:
+            callback(self, progress, record)
 
-    def _finish(self, progress: Progress) -> Dict[str, Any]:
+    def _finish(self, progress: Progress, test: bool) -> Dict[str, Any]:
         require_best(progress)
         best = self.run.checkpoints.root / progress.best_checkpoint
-        self.run.checkpoints.load(best, self.run.model)
-        test = evaluate(self.pipeline, self.run.model, self.run.test_loader, self.env)
-        metrics = self._metrics(progress, test)
+        result: Optional[EvalResult] = None
+        if test:
+            self.run.checkpoints.load(best, self.run.model)
+            result = evaluate(self.pipeline, self.run.model, self.run.test_loader, self.env)
+        metrics = self._metrics(progress, result)
         if self.env.is_main:
             atomic_write_json(self.run.run_dir / METRICS_FILE, metrics)
             atomic_write_text(self.run.run_dir / SUMMARY_FILE, summary_text(metrics))
             if self.run.writer is not None:
-                self.run.writer.add_scalar("test/auc", test.auc, progress.step)
-                self.run.writer.add_scalar("test/logloss", test.logloss, progress.step)
+                if result is not None:
+                    for key in ("auc", "logloss", "ne", "calibration"):
+                        self.run.writer.add_scalar(f"test/{key}", getattr(result, key), progress.step)
                 self.run.writer.close()
-            logger.info("test AUC %.5f, log loss %.5f (%s)", test.auc, test.logloss, best)
+            if result is not None:
+                logger.info("test AUC %.5f, log loss %.5f, NE %.4f, calibration %.3f (%s)",
+                            result.auc, result.logloss, result.ne, result.calibration, best)  # fmt: skip
         return metrics
 
-    def _metrics(self, progress: Progress, test: EvalResult) -> Dict[str, Any]:
-        best = max(progress.history, key=lambda r: finite_or_worst(r["valid_auc"]))
+    def _metrics(self, progress: Progress, test: Optional[EvalResult]) -> Dict[str, Any]:
+        best = max(progress.history, key=lambda r: score(r, self.settings.monitor))
         metrics: Dict[str, Any] = {
             "dataset": self.settings.dataset,
             "model": self.settings.model,
@@ -202,12 +233,17 @@ class Trainer:
             "stopped_early": progress.stopped_early,
             "best_epoch": best["epoch"],
             "best_checkpoint": progress.best_checkpoint,
+            "monitor": self.settings.monitor,
             "valid_auc": best["valid_auc"],
             "valid_logloss": best["valid_logloss"],
-            "test_auc": test.auc,
-            "test_logloss": test.logloss,
-            "test_rows": test.rows,
+            "valid_ne": best["valid_ne"],
+            "valid_calibration": best["valid_calibration"],
         }
+        if test is not None:
+            metrics.update(
+                test_auc=test.auc, test_logloss=test.logloss, test_ne=test.ne, test_calibration=test.calibration,
+                test_rows=test.rows,
+            )  # fmt: skip
         truth_file = ground_truth_file(self.run.data_dir)
         if truth_file is not None:
             optimum = json.loads(truth_file.read_text())["bayes_optimal"]["test"]
@@ -222,15 +258,21 @@ def summary_text(metrics: Dict[str, Any]) -> str:
     lines = [
         f"{metrics['model']} on {metrics['dataset']}, {metrics['world_size']} rank(s), {metrics['steps']} steps",
         "",
-        "epoch  train_loss  valid_auc  valid_logloss  samples/s",
+        "epoch  train_loss  valid_auc  valid_logloss  valid_ne  calibration  lr_scale  samples/s",
     ]
     for r in metrics["epochs"]:
         lines.append(
-            f"{r['epoch']:>5}  {r['train_loss']:>10.5f}  {r['valid_auc']:>9.5f}  {r['valid_logloss']:>13.5f}  {r['samples_per_s']:>9,.0f}"
+            f"{r['epoch']:>5}  {r['train_loss']:>10.5f}  {r['valid_auc']:>9.5f}  {r['valid_logloss']:>13.5f}  "
+            f"{r['valid_ne']:>8.4f}  {r['valid_calibration']:>11.3f}  {r['lr_scale']:>8.3g}  {r['samples_per_s']:>9,.0f}"
         )
-    lines += ["", f"best epoch {metrics['best_epoch']} ({metrics['best_checkpoint']})" + (" - stopped early" if metrics["stopped_early"] else "")]
-    lines.append(f"test AUC {metrics['test_auc']:.5f}, log loss {metrics['test_logloss']:.5f} ({metrics['test_rows']} rows)")
-    if "bayes_optimal_test_auc" in metrics:
+    best = f"best epoch {metrics['best_epoch']} by valid {metrics['monitor']} ({metrics['best_checkpoint']})"
+    lines += ["", best + (" - stopped early" if metrics["stopped_early"] else "")]
+    if "test_auc" in metrics:
+        lines.append(
+            f"test AUC {metrics['test_auc']:.5f}, log loss {metrics['test_logloss']:.5f}, NE {metrics['test_ne']:.4f}, "
+            f"calibration {metrics['test_calibration']:.3f} ({metrics['test_rows']} rows)"
+        )
+    if "bayes_optimal_test_auc" in metrics and "test_auc" in metrics:
         gap = metrics["bayes_optimal_test_auc"] - metrics["test_auc"]
         lines.append(
             f"Bayes-optimal test AUC {metrics['bayes_optimal_test_auc']:.5f}, log loss "
@@ -239,14 +281,20 @@ def summary_text(metrics: Dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def train(settings: TrainSettings, callbacks: Sequence[StepCallback] = ()) -> Dict[str, Any]:
+def train(
+    settings: TrainSettings,
+    callbacks: Sequence[StepCallback] = (),
+    epoch_callbacks: Sequence[EpochCallback] = (),
+    test: bool = True,
+) -> Dict[str, Any]:
     """Run ``settings`` on this rank (alone, or as one rank of a launched job); ``callbacks``
-    are called after every training step."""
+    are called after every training step, ``epoch_callbacks`` after every validation; with
+    ``test=False`` the test split is never read."""
     env = DistEnv.from_environment(settings.device)
     run = None
     try:
         run = build_run(settings, env)
-        return Trainer(run, callbacks).fit()
+        return Trainer(run, callbacks, epoch_callbacks).fit(test)
     finally:
         if run is not None:
             run.close()  # the run folder's lock

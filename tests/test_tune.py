@@ -1,0 +1,72 @@
+"""``iarm tune``: Optuna's search on the validation split only, pruning, resuming, a config file out."""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+import pytest
+
+from iarm_torchrec.cli import build_parser
+from iarm_torchrec.experiments.tune import BEST_FILE, SEARCH_SPACES, STUDY_FILE, tune
+from iarm_torchrec.train.settings import TrainSettings
+
+BASE = TrainSettings(dataset="synthetic", epochs=3, device="cpu")
+
+
+class FakeTrain:
+    """Stands in for the trainer: records what it was asked, writes settings.json, reports
+    per-epoch validation AUCs that grow with the learning rate (so TPE has a signal)."""
+
+    def __init__(self) -> None:
+        self.calls: List[Dict[str, Any]] = []
+
+    def __call__(self, settings: TrainSettings, epoch_callbacks: Any = (), test: bool = True) -> Dict[str, Any]:
+        assert not test, "a trial must never read the test split"
+        self.calls.append({"lr": settings.lr, "out": settings.out, "model_config": settings.model_config})
+        Path(settings.out).mkdir(parents=True, exist_ok=True)
+        settings.save(settings.out)
+        record: Dict[str, Any] = {}
+        for epoch in range(settings.epochs):
+            record = {"epoch": epoch, "valid_auc": 0.5 + settings.lr * 10 * (epoch + 1), "valid_logloss": 0.5}
+            for callback in epoch_callbacks:
+                callback(None, None, record)
+        return {"valid_auc": record["valid_auc"], "valid_logloss": 0.5}
+
+
+def test_tune_searches_prunes_resumes_and_writes_a_train_config(tmp_path: Path) -> None:
+    fake = FakeTrain()
+    summary = tune(BASE, "iarm", tmp_path, trials=8, train=fake)
+    assert (tmp_path / STUDY_FILE).is_file() and len(fake.calls) == 8
+    assert summary["trials"]["complete"] + summary["trials"]["pruned"] == 8 and summary["trials"]["pruned"] >= 1
+    best = TrainSettings.from_file(tmp_path / BEST_FILE)  # what `iarm train --config` takes
+    assert best.model == "iarm" and best.lr == max(c["lr"] for c in fake.calls)  # a higher lr is never pruned
+    assert summary["best_valid_auc"] == pytest.approx(0.5 + best.lr * 30)
+    assert {"num_layers", "num_heads", "head_dim", "attention_dropout", "dropout"} <= set(fake.calls[0]["model_config"])
+    # an interrupted study resumes: the budget counts the trials already done
+    again = tune(BASE, "iarm", tmp_path, trials=10, train=fake)
+    assert len(fake.calls) == 10 and again["trials"]["complete"] + again["trials"]["pruned"] == 10
+
+
+def test_every_search_space_draws_valid_settings(tmp_path: Path) -> None:
+    for name, space in SEARCH_SPACES.items():
+        fake = FakeTrain()
+        tune(BASE, name, tmp_path / name, trials=2, train=fake)
+        for call in fake.calls:
+            TrainSettings(model=space.model, model_config=call["model_config"])  # the registry accepts them
+
+
+@pytest.mark.slow
+def test_iarm_tune_trains_real_trials_without_the_test_split(tmp_path: Path) -> None:
+    args = build_parser().parse_args([
+        "tune", "--model", "iarm", "--trials", "2", "--out", str(tmp_path / "study"), "--dataset", "synthetic",
+        "--synthetic-rows", "3000", "--cache-dir", str(tmp_path / "cache"), "--epochs", "2", "--batch-size", "256",
+        "--max-steps-per-epoch", "3", "--device", "cpu",
+    ])  # fmt: skip
+    assert args.handler(args) == 0
+    trials = sorted((tmp_path / "study" / "trials").iterdir())
+    assert len(trials) == 2
+    for trial in trials:
+        metrics = json.loads((trial / "metrics.json").read_text())
+        assert "valid_auc" in metrics and not any(k.startswith("test_") for k in metrics)
+        assert not (trial / "checkpoints").exists()
+    assert TrainSettings.from_file(tmp_path / "study" / BEST_FILE).model == "iarm"
