@@ -9,6 +9,7 @@
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -131,3 +132,14 @@ def test_a_baselines_own_settings_reach_it_from_the_command_line(base: Path, dat
     assert json.loads((out / "settings.json").read_text())["model_config"] == {
         "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector", "dropout": 0.0, "norm": "none"}
     assert 0 < m["test_auc"] < 1
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm", "nfm", "afm"])
+def test_factorization_baselines_train_sanely_at_their_defaults(base: Path, data_dir: Path, model: str) -> None:
+    """FM-family models on log1p counts: the first epoch's training loss stays below 0.6 and the
+    test log loss below the click-rate-only model's (they diverged at TorchRec's table init)."""
+    m = train_run(data_dir, base / "runs" / f"sane-{model}", extra=["--model", model, "--epochs", "1"], iarm_flags=False)
+    rate = m["test_click_rate"]
+    click_rate_only = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert m["epochs"][0]["train_loss"] < 0.6, m["epochs"][0]
+    assert m["test_logloss"] < click_rate_only and m["test_ne"] < 1

@@ -21,7 +21,7 @@ Example::
     (False, 0)
     >>> fm = expand("table2", TrainSettings(), [0], "study")[0].settings
     >>> fm.model, fm.model_config
-    ('fm', {})
+    ('fm', {'factor_init_scale': 0.01})
     >>> expand("table2", TrainSettings(), [0], "study")[0].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
     False
     >>> expand("layers", TrainSettings(), [0], "study")[3].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
