@@ -1,6 +1,7 @@
 """Interacting layers (paper Eq. 7-11): multi-head key-value self-attention across fields."""
 
-from typing import List, Tuple
+import contextlib
+from typing import Iterator, List, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +34,24 @@ def sdpa_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Te
     inner product): ``B x M x 3 H d'`` -> ``B x M x H d'``."""
     q, k, v = qkv.unflatten(-1, (3, num_heads, head_dim)).permute(2, 0, 3, 1, 4).unbind(0)  # B x H x M x d'
     return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)
+
+
+_PLAIN_ATEN: List[bool] = [False]  # set by plain_aten_attention(); read at call (and so trace) time
+
+
+@contextlib.contextmanager
+def plain_aten_attention() -> Iterator[None]:
+    """Inside this block every :class:`InteractingLayer` computes Eq. 7-10 by
+    :func:`matmul_attention` (plain ATen ``bmm`` + ``softmax``) instead of the
+    :func:`multi_head_attention` leaf. For ``torch.fx`` tracing towards TorchScript: the graph
+    then holds only ATen ops, so the scripted module needs neither this package nor its
+    compiled CPU kernel (:mod:`iarm_torchrec.inference.serving`)."""
+    before = _PLAIN_ATEN[0]
+    _PLAIN_ATEN[0] = True
+    try:
+        yield
+    finally:
+        _PLAIN_ATEN[0] = before
 
 
 @torch.fx.wrap
@@ -132,7 +151,9 @@ class InteractingLayer(nn.Module):
         if self.qkv is None:
             assert self.residual is not None
             return torch.relu(self.residual(fields))  # IRM: no Eq. 7-10
-        out = multi_head_attention(self.qkv(fields), self.num_heads, self.head_dim)  # B x M x H d' (Eq. 7-10)
+        qkv = self.qkv(fields)
+        attend = matmul_attention if _PLAIN_ATEN[0] else multi_head_attention
+        out = attend(qkv, self.num_heads, self.head_dim)  # B x M x H d' (Eq. 7-10)
         if self.residual is not None:
             out = out + self.residual(fields)
         return torch.relu(out)
