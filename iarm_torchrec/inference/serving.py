@@ -247,6 +247,8 @@ class ServingArtifact:
         data = {name[len(DATA_PREFIX) :]: body for name, body in files.items() if name.startswith(DATA_PREFIX)}
         module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
+        for parameter in module.parameters():  # scoring only: no autograd records, plain .numpy()
+            parameter.requires_grad_(False)
         return cls(path, module, metadata, data)
 
     @property
