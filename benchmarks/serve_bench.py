@@ -330,7 +330,10 @@ def main() -> None:
         "shutdown_returncode": shutdown_rc,
         "targets": targets,
         "machine": {"cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__},
-        "note": "server and load client share the machine's CPUs; the client's own cost is in every latency",
+        "note": "server (1 worker, 1 torch thread) and load client share the machine's 2 CPUs, and other jobs ran on "
+        "them too (load average ~5 during the run): the client's own cost and the neighbours' are in every latency. "
+        "Offline predict uses both threads. Exit status -15 on SIGTERM is uvicorn re-raising the signal after "
+        "its clean shutdown (one worker).",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "serve.json").write_text(json.dumps(result, indent=1) + "\n")

@@ -16,8 +16,9 @@ Requests arriving within ``--batch-window-ms`` are scored as one batch
 ``{"detail": message}`` and never fatal to the server: 400 (not JSON), 413 (body over
 ``--max-body-mb`` or more than ``--max-rows`` rows), 422 (not a list of objects, an unknown field or a
 bad value: the message names the row and the field), 503 (``--max-queue`` requests waiting; retry).
-``--workers N`` runs N processes (uvicorn's supervisor) on one port; SIGINT/SIGTERM stops accepting,
-finishes the requests in flight, then exits.
+``--workers N`` runs N processes (uvicorn's supervisor) on one port, each with ``--threads`` (1) torch
+threads; SIGINT/SIGTERM stops accepting, finishes the requests in flight, then exits (with one worker,
+uvicorn re-raises the signal after the clean shutdown, so the exit status is the signal's).
 """
 
 import argparse
@@ -52,7 +53,8 @@ class ServeSettings:
     host: str = "127.0.0.1"
     port: int = 8000
     workers: int = 1
-    threads: int = 0  # torch threads per worker; 0: the usable CPUs divided among the workers
+    threads: int = 1  # torch threads per worker: one, and more workers for more cores (intra-op threads
+    # on a busy machine turn a 1 ms batch into hundreds of ms: measured in docs/serving.md)
     max_batch_rows: int = 4096
     batch_window_ms: float = 2.0
     max_queue: int = 256
@@ -200,8 +202,7 @@ def app_from_env() -> Any:
 
 
 def _set_threads(settings: ServeSettings) -> None:
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
-    torch.set_num_threads(settings.threads or max(1, cpus // max(settings.workers, 1)))
+    torch.set_num_threads(settings.threads)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -210,7 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--host", default=d.host, help="address to listen on (default %(default)s)")
     parser.add_argument("--port", type=int, default=d.port, help="default %(default)s")
     parser.add_argument("--workers", type=int, default=d.workers, help="worker processes (default %(default)s)")
-    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per worker (default: CPUs / workers)")
+    parser.add_argument("--threads", type=int, default=d.threads, help="torch threads per worker (default %(default)s; use --workers for more cores)")
     parser.add_argument("--max-batch-rows", type=int, default=d.max_batch_rows, help="a micro-batch's rows at most")
     parser.add_argument("--batch-window-ms", type=float, default=d.batch_window_ms, help="how long a batch waits for more requests")
     parser.add_argument("--max-queue", type=int, default=d.max_queue, help="requests waiting at most per worker; more get 503")
@@ -227,8 +228,8 @@ def settings_from_args(args: argparse.Namespace) -> ServeSettings:
     for name in ("workers", "max_batch_rows", "max_queue", "max_rows"):
         if getattr(settings, name) < 1:
             raise SystemExit(f"iarm serve: --{name.replace('_', '-')} must be >= 1, got {getattr(settings, name)}")
-    if settings.threads < 0 or settings.batch_window_ms < 0 or settings.max_body_mb <= 0:
-        raise SystemExit("iarm serve: --threads and --batch-window-ms must be >= 0, --max-body-mb > 0")
+    if settings.threads < 1 or settings.batch_window_ms < 0 or settings.max_body_mb <= 0:
+        raise SystemExit("iarm serve: --threads must be >= 1, --batch-window-ms >= 0, --max-body-mb > 0")
     return settings
 
 
