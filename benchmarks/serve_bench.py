@@ -212,7 +212,7 @@ def main() -> None:
     args = parser.parse_args()
     if not ML1M.is_dir():
         raise SystemExit(f"{ML1M}: MovieLens-1M is absent; this benchmark needs ../shared/data/movielens-1m")
-    torch.set_num_threads(len(os.sched_getaffinity(0)))
+    torch.set_num_threads(1)  # offline predict on one thread, as each server worker
     work = Path(args.work or tempfile.mkdtemp(prefix="serve-bench-"))
     work.mkdir(parents=True, exist_ok=True)
 
@@ -332,7 +332,7 @@ def main() -> None:
         "machine": {"cpus": len(os.sched_getaffinity(0)), "torch": torch.__version__},
         "note": "server (1 worker, 1 torch thread) and load client share the machine's 2 CPUs, and other jobs ran on "
         "them too (load average ~5 during the run): the client's own cost and the neighbours' are in every latency. "
-        "Offline predict uses both threads. Exit status -15 on SIGTERM is uvicorn re-raising the signal after "
+        "Offline predict runs on one torch thread, as the server's worker does. Exit status -15 on SIGTERM is uvicorn re-raising the signal after "
         "its clean shutdown (one worker).",
     }
     RESULTS.mkdir(parents=True, exist_ok=True)

@@ -1,11 +1,12 @@
 """Dynamic micro-batching for an asyncio server: requests arriving together are scored as one batch.
 
 Each request's rows go into a bounded :class:`asyncio.Queue` with a future; one task per process
-takes the first waiting request and everything else already queued, waits ``window_s`` and
-takes what arrived meanwhile (until ``max_batch_rows``), and hands the batch to ``score`` on one worker
+takes the first waiting request and everything else already queued and, when requests overlap
+(this batch or the last one held several), waits ``window_s`` and takes what arrived meanwhile
+(until ``max_batch_rows``), and hands the batch to ``score`` on one worker
 thread (torch releases the GIL, so the event loop keeps accepting and encoding requests meanwhile).
 While a batch is scored, new requests queue up and form the next batch, so under load batches grow
-by themselves and at low load a request waits at most ``window_s``. A full queue refuses at once
+by themselves, and a lone request on an idle server does not wait at all. A full queue refuses at once
 (:class:`QueueFull`, the server's 503) instead of letting latency grow without bound.
 
 Example::
@@ -60,6 +61,7 @@ class MicroBatcher:
         self._queue: Optional[asyncio.Queue] = None
         self._task: Optional[asyncio.Task] = None
         self._pool: Optional[concurrent.futures.ThreadPoolExecutor] = None
+        self._overlap = False  # the last batch held several requests
 
     @property
     def waiting(self) -> int:
@@ -111,9 +113,12 @@ class MicroBatcher:
             batch: List[Tuple[Any, int, asyncio.Future]] = [await queue.get()]
             rows = batch[0][1]
             rows = self._drain(batch, rows)
-            if rows < self.max_batch_rows and self.window_s > 0:
-                await asyncio.sleep(self.window_s)  # the window: requests arriving meanwhile join
+            # the window, once requests overlap (this batch or the last held several): requests
+            # arriving meanwhile join; a lone request on an idle server is scored at once
+            if rows < self.max_batch_rows and self.window_s > 0 and (len(batch) > 1 or self._overlap):
+                await asyncio.sleep(self.window_s)
                 rows = self._drain(batch, rows)
+            self._overlap = len(batch) > 1
             live = [entry for entry in batch if not entry[2].done()]  # a cancelled request is skipped
             try:
                 if live:
