@@ -160,3 +160,45 @@ def test_every_registered_model_scripts_and_matches(name: str) -> None:
             scripted = script_module(model, quantization)
             assert isinstance(scripted, torch.jit.ScriptModule)
             assert (scripted(dense, kjt) - expected).abs().max().item() <= tolerance
+
+
+@pytest.mark.slow
+@pytest.mark.data
+def test_movielens_auc_of_int8_and_int4_is_within_target_of_float(tmp_path: Path) -> None:
+    """The issue's accuracy targets on real data: a short IARM run on MovieLens-1M (20% test split),
+    int8 AUC within 0.001 of float, int4 within 0.003 (the benchmark measures the longer run)."""
+    from torchmetrics.functional.classification import binary_auroc
+
+    from conftest import shared_data
+    from train_utils import run_env
+
+    source = shared_data("movielens-1m")
+    run = tmp_path / "run"
+    command = [
+        sys.executable, "-m", "iarm_torchrec.train", "--dataset", "movielens-1m", "--data-dir", str(source),
+        "--field-set", "paper", "--test-ratio", "0.2", "--valid-ratio", "0.1", "--cache-dir", str(tmp_path / "cache"),
+        "--batch-size", "2048", "--epochs", "1", "--max-steps-per-epoch", "60", "--embedding-dim", "16",
+        "--num-layers", "1", "--head-dim", "8", "--interest-layers", "16", "--device", "cpu", "--out", str(run),
+    ]  # fmt: skip
+    subprocess.run(command, check=True, env=run_env(), timeout=600, capture_output=True)
+    data_dir = Path(json.loads((run / RUN_FILE).read_text())["data_dir"])
+    export = tmp_path / "float.pt"
+    assert iarm(["export", str(run), "--out", str(export)]) == 0
+
+    def auc_of(model, probabilities: bool) -> float:
+        scores, labels = [], []
+        with torch.no_grad():
+            for batch in ShardedBatchLoader(data_dir, "test", batch_size=8192, drop_last=False):
+                keep = batch.labels != PADDING_LABEL
+                p = model(batch.dense_features, batch.sparse_features)
+                scores.append((p if probabilities else torch.sigmoid(p))[keep])
+                labels.append(batch.labels[keep])
+        return float(binary_auroc(torch.cat(scores), torch.cat(labels).long()))
+
+    float_auc = auc_of(load_exported(export), probabilities=False)
+    assert float_auc > 0.7
+    for quantization, bound in (("int8", 0.001), ("int4", 0.003)):
+        artifact = export_serving(run, tmp_path / f"{quantization}.pt", quantization)
+        delta = auc_of(ServingArtifact.load(artifact).module, probabilities=True) - float_auc
+        print(f"{quantization}: AUC {float_auc + delta:.5f}, float {float_auc:.5f}, delta {delta:+.6f}")
+        assert abs(delta) <= bound
