@@ -9,7 +9,8 @@ differently from training:
   (:func:`field_lookups`: ``("vocab", path)`` or ``("hash", buckets)``); missing and unseen values
   get id 0 (:data:`~iarm_torchrec.data.vocab.OOV_ID`);
 * a numerical value -> ``float64`` (NaN when missing) -> the dataset's transform with the train
-  split's statistics (:func:`transform_dense`).
+  split's statistics (:func:`transform_dense`), or, when the dataset bucketizes its numerical
+  fields (``options["bucketized"]``), a categorical id (:func:`~iarm_torchrec.data.numeric.bucketize`).
 
 A JSON row names the spec's fields (``FeatureSpec.field_names``) as the dataset's reader derives
 them, e.g. MovieLens' ``year`` (``"1995"``, ``"1960s"``), Avazu's ``hour_of_day`` and ``weekday``;
@@ -37,7 +38,7 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from iarm_torchrec.data.numeric import NumericStats, transform
+from iarm_torchrec.data.numeric import NumericStats, bucketize, transform
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.data.vocab import HashedVocabulary, Vocabulary, token_keys
 
@@ -95,7 +96,9 @@ class RowEncoder:
         self.spec = spec
         self.numeric: str = options.get("numeric", "none")
         self.stats: Dict[str, Dict[str, float]] = dict(options.get("numeric_stats", {}))
-        plans = field_lookups([f.name for f in spec.sparse], options.get("hash_buckets", {}) or {}, Path(vocab_dir))
+        self.bucketized: List[str] = list(options.get("bucketized", []))
+        categorical = [f.name for f in spec.sparse if f.name not in self.bucketized]
+        plans = field_lookups(categorical, options.get("hash_buckets", {}) or {}, Path(vocab_dir))
         self.lookups: Dict[str, Lookup] = {name: make_lookup(plan) for name, plan in plans.items()}
         self.one_hot_fields: List[str] = spec.one_hot_fields
         self.multi_hot_fields: List[str] = spec.multi_hot_fields
@@ -104,11 +107,13 @@ class RowEncoder:
             **{f: "one_hot" for f in self.one_hot_fields},
             **{f: "multi_hot" for f in self.multi_hot_fields},
             **{f: "dense" for f in self.dense_fields},
+            **{f: "bucketized" for f in self.bucketized},
         }
 
     @property
     def fields(self) -> Dict[str, str]:
-        """Every field a row may name, with its kind (``one_hot``, ``multi_hot``, ``dense``)."""
+        """Every field a row may name, with its kind (``one_hot``, ``multi_hot``, ``dense``,
+        ``bucketized``: a number that becomes a categorical id)."""
         return dict(self._kinds)
 
     def encode(self, rows: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
@@ -122,6 +127,8 @@ class RowEncoder:
         multi_lengths = {f: np.zeros(n, dtype=np.int32) for f in self.multi_hot_fields}
         one_hot_col = {f: j for j, f in enumerate(self.one_hot_fields)}
         dense_col = {f: j for j, f in enumerate(self.dense_fields)}
+        raw_buckets = np.full((n, len(self.bucketized)), np.nan, dtype=np.float64)
+        bucket_col = {f: j for j, f in enumerate(self.bucketized)}
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise RowError(i, None, f"expected an object of field -> value, got {_show(row)}")
@@ -133,6 +140,8 @@ class RowEncoder:
                     continue
                 if kind == "dense":
                     raw_dense[i, dense_col[name]] = self._number(i, name, value)
+                elif kind == "bucketized":
+                    raw_buckets[i, bucket_col[name]] = self._number(i, name, value)
                 elif kind == "one_hot":
                     tokens[i, one_hot_col[name]] = self._token(i, name, value)
                 else:
@@ -145,7 +154,10 @@ class RowEncoder:
         dense = transform_dense(raw_dense, self.dense_fields, self.numeric, self.stats)
         one_hot = np.empty((n, len(self.one_hot_fields)), dtype=np.int32)
         for j, name in enumerate(self.one_hot_fields):
-            one_hot[:, j] = self.lookups[name].ids(_keys(tokens[:, j]))
+            if name in bucket_col:
+                one_hot[:, j] = bucketize(raw_buckets[:, bucket_col[name]])
+            else:
+                one_hot[:, j] = self.lookups[name].ids(_keys(tokens[:, j]))
         multi = {
             name: (self.lookups[name].ids(_keys(np.array(multi_tokens[name], dtype=object))), multi_lengths[name])
             for name in self.multi_hot_fields

@@ -411,6 +411,7 @@ def _preprocess(
             "hash_buckets": buckets,
             "numeric": numeric,
             "numeric_stats": job.stats,
+            "bucketized": list(reader.dense_fields) if bucketized else [],
             "vocab_dir": VOCAB_DIR,
             "oov_id": OOV_ID,
             "key_scheme": KEY_SCHEME,
