@@ -6,7 +6,7 @@ leaves vector lanes idle. ``field_attention.cpp`` instead puts one sample in eac
 every step is a full-width vector operation (see ``docs/performance.md`` for the figures).
 
 The kernel is compiled by :func:`torch.utils.cpp_extension.load` the first time it is needed
-(about 30-60 s; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
+(15-60 s, the longer on a busy machine; the build is cached under ``TORCH_EXTENSIONS_DIR``, by default
 ``~/.cache/torch_extensions``) for this machine's vector instructions (AVX-512, AVX2 or plain).
 When it cannot be built (no C++ compiler, say), one warning is logged and
 :func:`iarm_torchrec.modules.interacting.multi_head_attention` keeps using ATen's ``bmm`` and
