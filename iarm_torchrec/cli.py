@@ -84,9 +84,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=["criteo", "avazu", "movielens-1m"])
-    parser.add_argument("source", help="the original file or folder")
+    parser.add_argument("dataset", choices=["criteo", "avazu", "movielens-1m", "tabular"])
+    parser.add_argument("source", help="the original file or folder; tabular: the schema file (its files are found from its folder, or --data-dir)")
     parser.add_argument("out", help="the preprocessed folder to write")
+    parser.add_argument("--data-dir", help="tabular: where the schema's relative file names start (default: the schema's folder)")
     parser.add_argument("--field-set", help="movielens-1m: paper or ids")
     parser.add_argument("--split", choices=["random", "time"])
     parser.add_argument("--valid-ratio", type=float)
@@ -94,7 +95,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--min-count", type=int)
     parser.add_argument("--hash-buckets", type=int)
-    parser.add_argument("--numeric", choices=["log1p", "standard", "minmax", "none"])
+    parser.add_argument("--numeric", choices=["log1p", "standard", "minmax", "none", "bucketize"])
     parser.add_argument("--user-fields", help="comma-separated user fields (Eq. 5)")
     parser.add_argument("--skip-bad-rows", action="store_true", default=None)
     parser.add_argument("--workers", type=int)
@@ -106,8 +107,14 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace) -> int:
     from iarm_torchrec.data.preprocess import preprocess
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("dataset", "source", "out", "command", "handler", "debug")}
-    spec = preprocess(args.dataset, args.source, args.out, **given)
+    skip = ("dataset", "source", "out", "command", "handler", "debug", "data_dir")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    if args.dataset == "tabular":
+        spec = preprocess("tabular", args.data_dir, args.out, schema=args.source, **given)
+    else:
+        if args.data_dir:
+            raise ValueError("--data-dir applies to tabular only (the source is the second argument)")
+        spec = preprocess(args.dataset, args.source, args.out, **given)
     print(f"{args.out}: {spec.rows} rows, {len(spec.sparse)} categorical and {len(spec.dense)} numerical fields")
     return 0
 
