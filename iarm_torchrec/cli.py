@@ -6,6 +6,7 @@
     iarm export  RUN --out FILE                 a run's best model as one self-contained file
     iarm predict --model FILE --input RAW --out SCORES
     iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
+    iarm data    tabular SCHEMA OUT [--data-dir D]  preprocess any CSV/TSV/Parquet table a schema describes
     iarm experiment --preset P --out DIR [...]  the paper's studies (table2, ablation, layers, split, attention)
     iarm tune    --model M --trials N --out DIR  hyperparameter search on the validation split (Optuna)
 
@@ -69,7 +70,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="an exported model (iarm export)")
-    parser.add_argument("--input", required=True, help="a raw file in the training dataset's format")
+    parser.add_argument("--input", required=True, help="a raw file in the training dataset's format (tabular: a file or glob of the schema's format)")
     parser.add_argument("--out", required=True, help="where to write one click probability per line")
     parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
     parser.add_argument("--batch-size", type=int, default=4096)
