@@ -176,3 +176,31 @@ def test_shipped_schema_gives_the_builtin_readers_shards(tmp_path, dataset, fold
     assert _shards_equal(tmp_path / "builtin", tmp_path / "schema") > 3
     assert (a.sparse, a.dense, a.user_fields, a.rows) == (b.sparse, b.dense, b.user_fields, b.rows)
     assert FeatureSpec.load(tmp_path / "schema").options["schema"]["name"] == dataset
+
+
+def test_component_and_recipe_pass_the_schema():
+    from tests.test_components import load_recipe, option, torchrun_command, trainer_args
+
+    from components import iarm
+
+    words = trainer_args(torchrun_command(iarm.train(dataset="tabular", schema="/s.yaml", out="/o")))
+    assert option(words, "--dataset") == "tabular" and option(words, "--schema") == "/s.yaml"
+    app = load_recipe("tabular")("--embedding-dim", "8", schema="/s.yaml", nnodes=2, nproc_per_node=3, out="/o")
+    words = torchrun_command(app)
+    assert (option(words, "--nnodes"), option(words, "--nproc_per_node")) == ("2", "3")
+    passed = trainer_args(words)
+    assert option(passed, "--schema") == "/s.yaml" and option(passed, "--dataset") == "tabular"
+    assert passed[-2:] == ["--embedding-dim", "8"]
+
+
+def test_train_settings_take_the_schema(tmp_path):
+    from iarm_torchrec.train.builder import data_source
+    from iarm_torchrec.train.settings import TrainSettings
+
+    with pytest.raises(ValueError, match="needs --schema"):
+        TrainSettings(dataset="tabular")
+    with pytest.raises(ValueError, match="--schema applies to --dataset tabular only"):
+        TrainSettings(dataset="criteo", data_dir="x", schema=str(SCHEMAS / "criteo.yaml"))
+    s = TrainSettings.from_args(["--dataset", "tabular", "--schema", str(SCHEMAS / "criteo.yaml"), "--min-count", "3"])
+    source = data_source(s)
+    assert source.options == {"min_count": 3, "schema": str(SCHEMAS / "criteo.yaml")}
