@@ -204,3 +204,24 @@ def test_train_settings_take_the_schema(tmp_path):
     s = TrainSettings.from_args(["--dataset", "tabular", "--schema", str(SCHEMAS / "criteo.yaml"), "--min-count", "3"])
     source = data_source(s)
     assert source.options == {"min_count": 3, "schema": str(SCHEMAS / "criteo.yaml")}
+
+
+def test_time_column_split_cuts_ties_in_file_order_across_chunks(tmp_path):
+    times = [9, 5, 5, 1, 9, 5, 5, 1, 9, 9]
+    _write(tmp_path / "t.csv", "y,u,t\n" + "".join(f"{i % 2},u{i},{t}\n" for i, t in enumerate(times)))
+    schema = {**MINIMAL, "files": "t.csv", "time_column": "t", "ignore": []}
+    from iarm_torchrec.data.rows import chunk_payloads
+    from iarm_torchrec.data.splits import SplitConfig
+    from iarm_torchrec.data.tabular import TabularReader
+
+    reader = TabularReader(str(tmp_path), schema=schema)
+    chunks = reader.plan(12)  # a few lines per chunk
+    assert len(chunks) > 2
+    reader.prepare_split(SplitConfig("time", 0.2, 0.2), chunks)
+    codes = np.concatenate([reader.parse(c, d).split_codes for c, d in zip(chunks, chunk_payloads(chunks))])
+    # sorted: 1 1 5 5 5 5 | 9 9 | 9 9 -> the 9s at rows 0 and 4 validate, at rows 8 and 9 test
+    assert codes.tolist() == [1, 0, 0, 0, 1, 0, 0, 0, 2, 2]
+    spec = preprocess("tabular", str(tmp_path), str(tmp_path / "o"), schema=schema, split="time", valid_ratio=0.2, test_ratio=0.2, workers=1)
+    assert spec.rows == {"train": 6, "valid": 2, "test": 2}
+    with pytest.raises(ValueError, match="--split time needs an order"):
+        preprocess("tabular", str(tmp_path), str(tmp_path / "o2"), schema={**MINIMAL, "files": "t.csv", "ignore": ["t"]}, split="time", workers=1)
