@@ -19,6 +19,7 @@ they must parse as numbers. A bad row raises ``FILE:LINE: field NAME: ...`` (Par
 import glob
 import io
 import os
+import re
 from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -28,6 +29,7 @@ from iarm_torchrec.data.schema import FieldSchema, TabularSchema, TimeSource, ch
 from iarm_torchrec.data.schema import schema_from_dict
 from iarm_torchrec.data.vocab import token_keys
 
+_RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
 _OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
 _SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
@@ -407,11 +409,8 @@ class TabularReader(RowReader):
             if isinstance(r, list):
                 wanted = token_keys(np.array([v.encode() for v in r]))
                 return np.isin(arrow_keys(column), wanted)
-            op, number = r.split()[0] if r.split()[0] in _OPS else None, None
-            import re
-
-            m = re.match(r"^\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$", r)
-            assert m is not None
+            m = _RULE.match(r)
+            assert m is not None  # checked by the schema
             op, number = m.group(1), float(m.group(2))
             values, ok = self._numbers(column)
             checker.flag(~ok | np.isnan(values), lambda i: f"field {name}: {_shown(column[i].as_py())} is not a number (label rule {r!r})")
@@ -423,7 +422,6 @@ class TabularReader(RowReader):
 
     def parse(self, chunk: Chunk, data: Optional[bytes]) -> RawRows:
         import pyarrow as pa
-        import pyarrow.compute as pc
 
         s = self.schema
         table, lines, checker = self._read(chunk, data, self.needed)
