@@ -3,8 +3,11 @@
 ::
 
     iarm train   [flags]                        train (alone, or as one rank under torchrun / TorchX)
-    iarm export  RUN --out FILE                 a run's best model as one self-contained file
+    iarm export  RUN --out FILE [--serving [--quantize int8|int4|fp16|none]]
+                                                a run's best model as one self-contained file
+                                                (--serving: a quantized TorchScript artifact)
     iarm predict --model FILE --input RAW --out SCORES
+    iarm serve   ARTIFACT [--host H] [--port P] [--workers N]   HTTP scoring of raw JSON rows
     iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
     iarm data    tabular SCHEMA OUT [--data-dir D]  preprocess any CSV/TSV/Parquet table a schema describes
     iarm experiment --preset P --out DIR [...]  the paper's studies (table2, ablation, layers, split, attention)
@@ -59,9 +62,26 @@ def _export_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("run", help="the run folder (iarm train --out)")
     parser.add_argument("--out", required=True, help="the file to write")
     parser.add_argument("--checkpoint", help="a checkpoint folder to export instead of the run's best")
+    parser.add_argument(
+        "--serving",
+        action="store_true",
+        help="write the serving artifact: quantized, TorchScripted, encoders inside (RUN may also be an iarm export file)",
+    )
+    parser.add_argument(
+        "--quantize",
+        choices=["int8", "int4", "fp16", "none"],
+        help="--serving: the embedding rows' format (default int8)",
+    )
 
 
 def _export(args: argparse.Namespace) -> int:
+    if args.serving:
+        from iarm_torchrec.inference.serving import export_serving
+
+        print(export_serving(args.run, args.out, args.quantize or "int8", args.checkpoint))
+        return 0
+    if args.quantize:
+        raise SystemExit("iarm export: --quantize applies to --serving only")
     from iarm_torchrec.inference.export import export_run
 
     print(export_run(args.run, args.out, args.checkpoint))
@@ -69,7 +89,7 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--model", required=True, help="an exported model (iarm export)")
+    parser.add_argument("--model", required=True, help="an exported model or serving artifact (iarm export [--serving])")
     parser.add_argument("--input", required=True, help="a raw file in the training dataset's format (tabular: a file or glob of the schema's format)")
     parser.add_argument("--out", required=True, help="where to write one click probability per line")
     parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
@@ -82,6 +102,18 @@ def _predict(args: argparse.Namespace) -> int:
     scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size)
     print(f"{len(scores)} scores written to {args.out}")
     return 0
+
+
+def _serve_arguments(parser: argparse.ArgumentParser) -> None:
+    from iarm_torchrec.inference.server import add_arguments
+
+    add_arguments(parser)
+
+
+def _serve(args: argparse.Namespace) -> int:
+    from iarm_torchrec.inference.server import serve
+
+    return serve(args)
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
@@ -148,6 +180,7 @@ COMMANDS: Dict[str, Command] = {
     "train": Command("train a CTR model (IARM by default)", _train_arguments, _train),
     "export": Command("export a run's best model to one file", _export_arguments, _export),
     "predict": Command("click probabilities for a raw file", _predict_arguments, _predict),
+    "serve": Command("serve click probabilities over HTTP from a serving artifact", _serve_arguments, _serve),
     "data": Command("preprocess a dataset", _data_arguments, _data),
     "experiment": Command("run the paper's studies and report them", _experiment_arguments, _experiment),
     "tune": Command("search a model's hyperparameters on the validation split (Optuna)", _tune_arguments, _tune),

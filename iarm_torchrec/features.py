@@ -76,10 +76,12 @@ class FeatureConfig:
     def multi_hot_feature_names(self) -> List[str]:
         return [f.name for f in self.sparse_features if f.multi_hot]
 
-    def embedding_bag_configs(self) -> List[EmbeddingBagConfig]:
+    def embedding_bag_configs(self, init_scale: Optional[float] = None) -> List[EmbeddingBagConfig]:
         """One table ``t_<name>`` per sparse field: ``MEAN`` pooling for multi-hot fields
         (Eq. 3), ``SUM`` for one-hot fields (identical for one value, and it leaves them free
-        for row-wise sharding, which mean pooling must avoid)."""
+        for row-wise sharding, which mean pooling must avoid). Rows start uniform in
+        ``±init_scale``, or in TorchRec's default ``±1/sqrt(num_embeddings)``."""
+        scale = {} if init_scale is None else {"weight_init_min": -init_scale, "weight_init_max": init_scale}
         return [
             EmbeddingBagConfig(
                 name=f"t_{f.name}",
@@ -87,13 +89,16 @@ class FeatureConfig:
                 num_embeddings=f.num_embeddings,
                 feature_names=[f.name],
                 pooling=PoolingType.MEAN if f.multi_hot else PoolingType.SUM,
+                **scale,
             )
             for f in self.sparse_features
         ]
 
-    def build_embedding_bag_collection(self, device: Optional[torch.device] = None) -> EmbeddingBagCollection:
+    def build_embedding_bag_collection(
+        self, device: Optional[torch.device] = None, init_scale: Optional[float] = None
+    ) -> EmbeddingBagCollection:
         """The tables, on ``device`` (``torch.device("meta")`` to hand them to sharding)."""
-        return EmbeddingBagCollection(tables=self.embedding_bag_configs(), device=device)
+        return EmbeddingBagCollection(tables=self.embedding_bag_configs(init_scale), device=device)
 
     def to_dict(self) -> Dict[str, Any]:
         return {

@@ -30,7 +30,7 @@ pip=("$venv/bin/python" -m pip --disable-pip-version-check -q)
 torchrec_pin=$("$venv/bin/python" -c 'import tomllib;print(tomllib.load(open("pyproject.toml","rb"))["tool"]["iarm_torchrec"]["pins"]["torchrec"])')
 echo "setup: installing iarm-torchrec ($variant fbgemm) into $venv" >&2
 # 1. the package with its pinned deps and the matching fbgemm build
-"${pip[@]}" install -e ".[$variant,dev,plots]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
+"${pip[@]}" install -e ".[$variant,dev,plots,serve]" 2> >(grep -v "^WARNING: Location .* is ignored" >&2)
 # 2. torchrec without its metadata's CUDA fbgemm-gpu requirement
 "${pip[@]}" install --no-deps "$torchrec_pin"
 # 3. prove the triple imports together before declaring success

@@ -59,7 +59,7 @@ def test_ablation_layers_split_and_attention_presets(tmp_path: Path) -> None:
     # the study's settings of each model: IARM's own reach every IARM variant, DCN's reach DCN only
     configs = {"iarm": {"num_heads": 4}, "dcn": {"num_cross_layers": 1}}
     runs = {r.variant.label: r.settings for r in expand("table2", BASE, [0], tmp_path, ["fm", "dcn", "iarm"], configs)}
-    assert runs["DCN"].model_config["num_cross_layers"] == 1 and runs["FM"].model_config == {}
+    assert runs["DCN"].model_config["num_cross_layers"] == 1 and runs["FM"].model_config == {"factor_init_scale": 0.01}
     assert runs["IARM"].model_config["num_heads"] == 4
     star = expand("ablation", BASE, [0], tmp_path, None, configs)[1].settings.model_config
     assert (star["num_heads"], star["use_interest"]) == (4, False)

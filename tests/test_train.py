@@ -9,6 +9,7 @@
 """
 
 import json
+import math
 from pathlib import Path
 from typing import Any, Dict
 
@@ -73,9 +74,15 @@ def test_runs_write_tensorboard_curves(base: Path, two_ranks: Dict[str, Any]) ->
 
 
 def test_one_and_two_ranks_end_equal(base: Path, data_dir: Path, two_ranks: Dict[str, Any]) -> None:
+    """Same global batches, same seed: the first epoch agrees to 1e-5; 2 ranks sum gradients in
+    another order, and over the 62 steps of two epochs those float32 differences grow to about
+    1e-4 in the metrics (measured: valid AUC 9.4e-5 apart after epoch 1, 1.4e-6 after epoch 0)."""
     one = train_run(data_dir, base / "runs" / "ws1", world_size=1)
     assert one["world_size"] == 1
-    _same_metrics(one, two_ranks, tol=1e-5)
+    first, other = one["epochs"][0], two_ranks["epochs"][0]
+    for key in ("train_loss", "valid_auc", "valid_logloss"):
+        assert first[key] == pytest.approx(other[key], abs=1e-5), key
+    _same_metrics(one, two_ranks, tol=3e-4)
 
 
 def test_killed_rank_resumes_to_the_uninterrupted_metrics(base: Path, data_dir: Path, two_ranks: Dict[str, Any]) -> None:
@@ -131,3 +138,14 @@ def test_a_baselines_own_settings_reach_it_from_the_command_line(base: Path, dat
     assert json.loads((out / "settings.json").read_text())["model_config"] == {
         "num_cross_layers": 2, "deep_layer_sizes": [16], "cross_type": "vector", "dropout": 0.0, "norm": "none"}
     assert 0 < m["test_auc"] < 1
+
+
+@pytest.mark.parametrize("model", ["fm", "deepfm", "nfm", "afm"])
+def test_factorization_baselines_train_sanely_at_their_defaults(base: Path, data_dir: Path, model: str) -> None:
+    """FM-family models on log1p counts: the first epoch's training loss stays below 0.6 and the
+    test log loss below the click-rate-only model's (they diverged at TorchRec's table init)."""
+    m = train_run(data_dir, base / "runs" / f"sane-{model}", extra=["--model", model, "--epochs", "1"], iarm_flags=False)
+    rate = m["test_click_rate"]
+    click_rate_only = -(rate * math.log(rate) + (1 - rate) * math.log(1 - rate))
+    assert m["epochs"][0]["train_loss"] < 0.6, m["epochs"][0]
+    assert m["test_logloss"] < click_rate_only and m["test_ne"] < 1

@@ -32,13 +32,13 @@ def test_model_settings_reach_only_the_chosen_model(tmp_path: Path) -> None:
     file = tmp_path / "pnn.json"
     file.write_text('{"product": "outer"}')
     assert TrainSettings.from_args(["--model", "pnn", "--model-config", str(file)]).model_config["product"] == "outer"
-    assert TrainSettings.from_args(["--model", "fm"]).model_config == {}
+    assert TrainSettings.from_args(["--model", "fm"]).model_config == {"factor_init_scale": 0.01}
 
 
 @pytest.mark.parametrize(
     "argv, message",
     [
-        (["--model", "fm", "--num-layers", "5"], "--num-layers does not apply to model 'fm': fm takes no settings"),
+        (["--model", "fm", "--num-layers", "5"], "--num-layers does not apply to model 'fm': fm takes factor_init_scale"),
         (["--model", "dcn", "--no-interest"], "--no-interest does not apply to model 'dcn': dcn takes cross_type"),
         (["--model", "dcn", "--model-config", '{"num_layers": 2}'],
          "model 'dcn' has no setting 'num_layers'; dcn takes cross_type (str, default 'vector'), deep_layer_sizes"),

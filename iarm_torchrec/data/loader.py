@@ -29,7 +29,7 @@ import math
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Optional, Sequence, Tuple
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -341,25 +341,41 @@ class ShardedBatchLoader(Iterable[Batch]):
         labels = labels.astype(np.float32)  # a copy: padding is marked below
         labels[padding] = PADDING_LABEL
         dense = dense.astype(np.float32, copy=False)
-        one_hot = one_hot.T  # F1 x B
-        values: List[np.ndarray] = []
-        lengths: List[np.ndarray] = []
-        for key in self._keys:
-            if key in self._one_hot_column:
-                values.append(one_hot[self._one_hot_column[key]])
-                lengths.append(self._ones)
-            else:
-                values.append(multi_hot[key][0])
-                lengths.append(multi_hot[key][1])
-        kjt = KeyedJaggedTensor(
-            keys=self._keys,
-            values=torch.from_numpy(np.concatenate(values).astype(np.int32, copy=False)),
-            lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)),
-            stride=len(index),
-            length_per_key=[len(v) for v in values],
-        )
+        kjt = sparse_features(self._keys, self._one_hot_column, one_hot, multi_hot, self._ones[: len(index)])
         batch = Batch(dense_features=torch.from_numpy(dense), sparse_features=kjt, labels=torch.from_numpy(labels))
         return batch.pin_memory() if self.pin_memory else batch
+
+
+def sparse_features(
+    keys: Sequence[str],
+    one_hot_column: Mapping[str, int],
+    one_hot: np.ndarray,
+    multi_hot: Mapping[str, Tuple[np.ndarray, np.ndarray]],
+    ones: Optional[np.ndarray] = None,
+) -> KeyedJaggedTensor:
+    """The ``KeyedJaggedTensor`` of a batch, keyed by ``keys`` (the spec's sparse fields in order):
+    one-hot ids ``[B, F1]`` (column ``one_hot_column[key]``) and per multi-hot field ``(values,
+    lengths)``; ``ones`` is a reusable ``int32 [B]`` of ones. The one layout of model inputs, for
+    the loader and for online scoring alike."""
+    batch = one_hot.shape[0]
+    ones = np.ones(batch, dtype=np.int32) if ones is None else ones
+    columns = one_hot.T  # F1 x B
+    values: List[np.ndarray] = []
+    lengths: List[np.ndarray] = []
+    for key in keys:
+        if key in one_hot_column:
+            values.append(columns[one_hot_column[key]])
+            lengths.append(ones)
+        else:
+            values.append(multi_hot[key][0])
+            lengths.append(multi_hot[key][1])
+    return KeyedJaggedTensor(
+        keys=list(keys),
+        values=torch.from_numpy(np.concatenate(values).astype(np.int32, copy=False)),
+        lengths=torch.from_numpy(np.concatenate(lengths).astype(np.int32, copy=False)),
+        stride=batch,
+        length_per_key=[len(v) for v in values],
+    )
 
 
 def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:

@@ -39,14 +39,15 @@ from tqdm import tqdm
 
 from iarm_torchrec.data.avazu import AvazuReader
 from iarm_torchrec.data.criteo import CriteoReader
+from iarm_torchrec.data.encoders import Lookup, LookupPlan, field_lookups, make_lookup, transform_dense
 from iarm_torchrec.data.movielens import MovieLensReader
-from iarm_torchrec.data.numeric import BUCKETS, TRANSFORMS, NumericStats, bucketize, transform
+from iarm_torchrec.data.numeric import BUCKETS, TRANSFORMS, NumericStats, bucketize
 from iarm_torchrec.data.parts import write_part
 from iarm_torchrec.data.rows import MAX_FIELD_BYTES, MAX_LINE_BYTES, Chunk, RawRows, RowReader, chunk_payloads
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, FeatureSpec, SparseFieldSpec
 from iarm_torchrec.data.splits import SplitConfig
+from iarm_torchrec.data.vocab import KEY_SCHEME, OOV_ID, KeyCounter, Vocabulary, count_keys
 from iarm_torchrec.locks import folder_lock
-from iarm_torchrec.data.vocab import KEY_SCHEME, OOV_ID, HashedVocabulary, KeyCounter, Vocabulary, count_keys
 
 logger = logging.getLogger(__name__)
 
@@ -60,7 +61,6 @@ DEFAULTS: Dict[str, Dict[str, Any]] = {
     "tabular": {"min_count": 1, "numeric": "none"},  # a schema's min_count / numeric override these
 }
 T = TypeVar("T")
-Lookup = Union[Vocabulary, HashedVocabulary]
 
 
 def make_reader(
@@ -110,7 +110,7 @@ class _Job:
     total: int  # rows the time split cuts (when rows carry no rank of their own)
     out_dir: str = ""
     target: str = "test"
-    lookups: Dict[str, Tuple[str, Union[str, int]]] = field(default_factory=dict)  # field -> ("vocab", path) | ("hash", n)
+    lookups: Dict[str, LookupPlan] = field(default_factory=dict)  # field -> ("vocab", path) | ("hash", n)
     numeric: str = "none"
     stats: Dict[str, Dict[str, float]] = field(default_factory=dict)
 
@@ -161,13 +161,13 @@ def _count_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Counts:
     return _Counts(keys, stats)
 
 
-_LOOKUP_CACHE: Dict[Tuple[str, Union[str, int]], Lookup] = {}
+_LOOKUP_CACHE: Dict[LookupPlan, Lookup] = {}
 
 
 def _lookup(kind: str, arg: Union[str, int]) -> Lookup:
     """A field's vocabulary (memory-mapped, cached per process) or hashing."""
     if (kind, arg) not in _LOOKUP_CACHE:
-        _LOOKUP_CACHE[(kind, arg)] = Vocabulary.load(arg) if kind == "vocab" else HashedVocabulary(int(arg))
+        _LOOKUP_CACHE[(kind, arg)] = make_lookup((kind, arg))
     return _LOOKUP_CACHE[(kind, arg)]
 
 
@@ -183,10 +183,7 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
         sparse = np.concatenate([sparse, bucketize(rows.dense).reshape(rows.dense.shape)], axis=1)
         dense = np.empty((len(rows), 0), dtype=np.float32)
     else:
-        dense = np.empty(rows.dense.shape, dtype=np.float32)
-        for j, name in enumerate(reader.dense_fields):
-            stats = NumericStats.from_dict(job.stats[name]) if name in job.stats else NumericStats()  # log1p/none need none
-            dense[:, j] = transform(rows.dense[:, j], _numeric_of(reader, name, job.numeric), stats)
+        dense = transform_dense(rows.dense, reader.dense_fields, job.numeric, job.stats, getattr(reader, "numeric_transforms", {}))
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
     written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples, rows.neutral)
     for code, split in enumerate(SPLITS):
@@ -403,9 +400,7 @@ def _preprocess(
 ) -> FeatureSpec:
     dataset, skip_bad_rows = reader.dataset, reader.skip_bad_rows
     vocab_dir = out / VOCAB_DIR
-    lookups: Dict[str, Tuple[str, Union[str, int]]] = {
-        f: ("hash", buckets[f]) if f in buckets else ("vocab", str(vocab_dir / f"{f}.npy")) for f in reader.sparse_fields
-    }
+    lookups = field_lookups(reader.sparse_fields, buckets, vocab_dir)
     job = _Job(reader, splits, sum(c.lines for c in chunks), str(out), lookups=lookups, numeric=numeric)
 
     sizes: Dict[str, int] = {f: buckets[f] + 1 for f in buckets}
@@ -442,11 +437,13 @@ def _preprocess(
             "source": source,
             "field_set": getattr(reader, "field_set", None),
             **({"schema": reader.schema.to_dict()} if hasattr(reader, "schema") else {}),
+            "numeric_fields": dict(getattr(reader, "numeric_transforms", {})),  # per-field transforms (tabular)
             **splits.to_dict(),
             "min_count": min_count,
             "hash_buckets": buckets,
             "numeric": numeric,
             "numeric_stats": job.stats,
+            "bucketized": list(reader.dense_fields) if bucketized else [],
             "vocab_dir": VOCAB_DIR,
             "oov_id": OOV_ID,
             "key_scheme": KEY_SCHEME,
@@ -527,9 +524,7 @@ def encode(
     )
     buckets = options.get("hash_buckets", {})
     vocab_dir = Path(data_dir).resolve() / options.get("vocab_dir", VOCAB_DIR)
-    lookups: Dict[str, Tuple[str, Union[str, int]]] = {
-        f: ("hash", buckets[f]) if f in buckets else ("vocab", str(vocab_dir / f"{f}.npy")) for f in reader.sparse_fields
-    }
+    lookups = field_lookups(reader.sparse_fields, buckets, vocab_dir)
     missing = [p for kind, p in lookups.values() if kind == "vocab" and not Path(str(p)).is_file()]
     if missing:
         raise FileNotFoundError(f"{data_dir}: vocabularies {missing} are missing; preprocess the dataset again")

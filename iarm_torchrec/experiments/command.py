@@ -36,7 +36,7 @@ from iarm_torchrec.experiments.presets import ModelConfigs
 from iarm_torchrec.experiments.tune import TUNED_TRAINING
 from iarm_torchrec.models.registry import check_model_settings
 from iarm_torchrec.provenance import cpu_name, describe
-from iarm_torchrec.train.settings import DATASETS, DEVICES, TrainSettings, parse_model_config
+from iarm_torchrec.train.settings import DATASETS, DEVICES, MONITORS, NUMERIC_TRANSFORMS, TrainSettings, parse_model_config
 from iarm_torchrec.train.trainer import setup_logging
 
 logger = logging.getLogger(__name__)
@@ -89,6 +89,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--test-ratio", type=float, help="test share (the split preset sets its own)")
     g.add_argument("--valid-ratio", type=float, help="validation share (selects the best epoch)")
     g.add_argument("--synthetic-rows", type=int)
+    g.add_argument("--numeric", choices=NUMERIC_TRANSFORMS, help="numerical fields (bucketize: as categorical fields)")
+    g.add_argument("--monitor", choices=MONITORS, help="validation metric that picks each run's best epoch")
     g.add_argument("--device", choices=DEVICES)
     parser.add_argument(
         "--model-config",

@@ -21,7 +21,7 @@ Example::
     (False, 0)
     >>> fm = expand("table2", TrainSettings(), [0], "study")[0].settings
     >>> fm.model, fm.model_config
-    ('fm', {})
+    ('fm', {'factor_init_scale': 0.01})
     >>> expand("table2", TrainSettings(), [0], "study")[0].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
     False
     >>> expand("layers", TrainSettings(), [0], "study")[3].run_dir == expand("ablation", TrainSettings(), [0], "study")[0].run_dir
@@ -143,12 +143,29 @@ def _attention(models: Sequence[str]) -> List[Variant]:
     return [Variant("IARM", "iarm")]
 
 
+TOWER = [400, 400, 400]
+"""The product and IARM+ towers of the variants preset: PNN's and the deep baselines' default."""
+
+
+def _variants(models: Sequence[str]) -> List[Variant]:
+    return [
+        Variant("IARM", "iarm"),
+        Variant("IARM + products", "iarm", {"product": "inner", "product_layer_sizes": TOWER}),
+        Variant("IARM+ (deep tower)", "iarm", {"deep_layer_sizes": TOWER}),
+        Variant("IARM + products + deep", "iarm", {"product": "inner", "product_layer_sizes": TOWER, "deep_layer_sizes": TOWER}),
+        Variant("IARM, scaled attention", "iarm", {"scaled_attention": True}),
+        Variant("IARM, layer norm", "iarm", {"attention_layer_norm": True}),
+        *[Variant(MODEL_LABELS.get(m, m), m) for m in models if m != "iarm"],
+    ]
+
+
 PRESETS = {
     "table2": _table2,
     "ablation": _ablation,
     "layers": _layers,
     "split": _split,
     "attention": _attention,
+    "variants": _variants,
 }
 """Preset name -> the variants of that study (given the models to compare, where it compares models)."""
 
@@ -183,7 +200,7 @@ def expand(
         base: the settings every run shares (dataset, budget, model sizes).
         seeds: at least one seed; each variant runs once per seed.
         out: the study folder; runs go under ``out/runs``.
-        models: the models compared by ``table2`` and ``split`` (default: all of Table 2).
+        models: the models compared by ``table2``, ``split`` and ``variants`` (default: all of Table 2).
         model_configs: ``{model: its settings}`` for the models of the study (see
             :meth:`Variant.settings`).
         training: ``{model: training settings}`` that replace ``base``'s for that model's runs

@@ -54,6 +54,16 @@ def best_checkpoint(run_dir: Path) -> Path:
 
 def export_run(run_dir: PathLike, out_file: PathLike, checkpoint: Optional[PathLike] = None) -> Path:
     """Write ``run_dir``'s model (``checkpoint`` or the best one) to ``out_file``; returns its path."""
+    payload = export_payload(run_dir, checkpoint)
+    payload["sha256"] = sha256_of_tree(payload)  # checked by read_export
+    out = Path(out_file)
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    return out
+
+
+def export_payload(run_dir: PathLike, checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
+    """What :func:`export_run` writes, in memory (the serving export builds on it too)."""
     run_dir = Path(run_dir)
     for name in (MODEL_FILE, SPEC_FILE, RUN_FILE):
         if not (run_dir / name).is_file():
@@ -66,19 +76,20 @@ def export_run(run_dir: PathLike, out_file: PathLike, checkpoint: Optional[PathL
     if not (data_dir / SPEC_FILE).is_file():
         raise FileNotFoundError(f"{data_dir}: the run's preprocessed data (named in {run_dir / RUN_FILE}) is gone; "
                                 "export needs its vocabularies: rerun iarm train to rebuild it")
-    payload: Dict[str, Any] = {
+    metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
+    return {
         "format": FORMAT,
         "model_config": model_config,
         "feature_spec": json.loads((run_dir / SPEC_FILE).read_text()),
         "data_files": _data_files(data_dir),
         "state_dict": wrapper.model.state_dict(),
         "checkpoint": path.name,
+        "training_run": {  # for the record (serving's /metadata); plain data, so weights_only reads it
+            "run_dir": str(run_dir.resolve()),
+            "checkpoint": path.name,
+            **{k: metrics[k] for k in ("test_auc", "test_logloss", "best_epoch") if isinstance(metrics.get(k), (int, float))},
+        },
     }
-    payload["sha256"] = sha256_of_tree(payload)
-    out = Path(out_file)
-    with atomic_path(out) as tmp:
-        torch.save(payload, tmp)
-    return out
 
 
 def _data_files(data_dir: Path) -> Dict[str, torch.Tensor]:

@@ -1,18 +1,22 @@
-"""Click-through rates for a raw file, from an exported model.
+"""Click-through rates for a raw file, from an exported model or a serving artifact.
 
 ``iarm predict --model FILE --input RAW --out SCORES`` reads ``RAW`` in the dataset's own
 format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
-the vocabulary and numeric statistics saved in the export (the data side's
+the vocabulary and numeric statistics saved in ``FILE`` (the data side's
 :func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
 click probability per input row, in input order: every input row gets its line. MovieLens rows
 with rating 3, which the training protocol drops (no click label), are scored too; their count
 is reported (a warning, and ``spec.options["neutral_rows"]`` of the encoded rows). A bad input row
 stops with ``FILE:LINE: ...`` (there is no skipping, so no row can go missing).
+``FILE`` is either ``iarm export``'s file
+(float weights, the model rebuilt by this package) or ``iarm export --serving``'s artifact (the
+quantized TorchScript module, :mod:`~iarm_torchrec.inference.serving`); the format is detected.
 """
 
 import logging
 import tempfile
 from pathlib import Path
+from typing import Callable, Tuple
 
 import torch
 from tqdm import tqdm
@@ -22,6 +26,21 @@ from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_write_text
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
+from iarm_torchrec.inference.serving import ServingArtifact, is_serving_artifact
+
+Scorer = Callable[[torch.Tensor, object], torch.Tensor]  # (dense, KJT) -> probabilities
+
+
+def _scorer(model_file: PathLike, data_dir: Path) -> Tuple[Scorer, str]:
+    """The probability function of ``model_file`` and its kind; writes its data files to ``data_dir``."""
+    if is_serving_artifact(model_file):
+        artifact = ServingArtifact.load(model_file)
+        artifact.write_data_files(data_dir)
+        return artifact.module, "serving"
+    payload = read_export(model_file)
+    model = model_from_payload(payload)
+    write_data_files(payload, data_dir)
+    return (lambda dense, kjt: torch.sigmoid(model(dense, kjt))), "export"
 
 
 def predict(
@@ -34,10 +53,9 @@ def predict(
 ) -> torch.Tensor:
     """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``, one
     line per input row) and return them."""
-    payload = read_export(model_file)
-    model = model_from_payload(payload)
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
-        data_dir = write_data_files(payload, Path(tmp) / "data")
+        data_dir = Path(tmp) / "data"
+        score, _ = _scorer(model_file, data_dir)
         encoded = Path(tmp) / "encoded"
         spec = encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test", keep_neutral=True)
         _report_neutral(spec, str(input_file))
@@ -45,7 +63,7 @@ def predict(
         scores = []
         with torch.no_grad():
             for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-                probabilities = torch.sigmoid(model(batch.dense_features, batch.sparse_features))
+                probabilities = score(batch.dense_features, batch.sparse_features)
                 scores.append(probabilities[batch.labels != PADDING_LABEL])
         result = torch.cat(scores)
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))

@@ -9,8 +9,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import ModelConfig
-from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
+from iarm_torchrec.models.config import FactorizationConfig
+from iarm_torchrec.models.field_model import FACTOR_INIT_SCALE, FieldOptions, FirstOrderModel
 from iarm_torchrec.modules.checks import check_positive
 from iarm_torchrec.modules.factorization import PairwiseProduct
 
@@ -75,7 +75,8 @@ class AFM(FirstOrderModel):
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         attention_dim: ``t``, the attention network's hidden size.
-        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
+        linear_embedding_bag_collection / factor_init_scale: the first-order tables and where the
+            factor vectors start (:class:`FirstOrderModel`).
     """
 
     def __init__(
@@ -84,9 +85,12 @@ class AFM(FirstOrderModel):
         dense_in_features: int,
         attention_dim: int = 16,
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        factor_init_scale: float = FACTOR_INIT_SCALE,
         **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
+        super().__init__(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, factor_init_scale, **fields
+        )
         self.attention_arch: AttentionalPoolingArch = AttentionalPoolingArch(
             self.num_fields, self.embedding_dim, attention_dim
         )
@@ -98,7 +102,7 @@ class AFM(FirstOrderModel):
 
 
 @dataclasses.dataclass
-class AFMConfig(ModelConfig):
+class AFMConfig(FactorizationConfig):
     """Settings of :class:`AFM`: the attention network's hidden size ``t``."""
 
     model_class = AFM

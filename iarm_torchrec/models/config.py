@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from iarm_torchrec.features import FeatureConfig
+from iarm_torchrec.models.field_model import FACTOR_INIT_SCALE
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
 
 C = TypeVar("C", bound="ModelConfig")
@@ -39,7 +40,7 @@ class ModelConfig:
         ...
         ValueError: cross_type must be one of ['vector', 'matrix'], got 'low_rank'
         >>> sorted(DCNConfig.setting_defaults())
-        ['cross_type', 'deep_layer_sizes', 'num_cross_layers']
+        ['cross_type', 'deep_layer_sizes', 'dropout', 'norm', 'num_cross_layers']
     """
 
     model_class: ClassVar[Type[nn.Module]]
@@ -79,11 +80,15 @@ class ModelConfig:
         """The model's own keyword settings: every field but ``features``."""
         return {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.name != "features"}
 
+    def table_init_scale(self) -> Optional[float]:
+        """Where the table rows start: uniform in ``±scale``, or ``None`` for TorchRec's default."""
+        return None
+
     def model_arguments(self, device: Optional[torch.device]) -> Dict[str, Any]:
         """The constructor arguments of :attr:`model_class`, tables built on ``device``."""
         f = self.features
         return dict(
-            embedding_bag_collection=f.build_embedding_bag_collection(device),
+            embedding_bag_collection=f.build_embedding_bag_collection(device, self.table_init_scale()),
             dense_in_features=len(f.dense_feature_names),
             dense_feature_names=f.dense_feature_names,
             multi_hot_feature_names=f.multi_hot_feature_names,
@@ -102,6 +107,17 @@ class ModelConfig:
     @classmethod
     def from_dict(cls: Type[C], data: Dict[str, Any]) -> C:
         return cls(**data)
+
+
+@dataclasses.dataclass
+class FactorizationConfig(ModelConfig):
+    """Base of the configs of models with factorized pairwise terms (FM, DeepFM, NFM, AFM):
+    ``factor_init_scale``, where their factor vectors start (tables and numerical ``v_m``)."""
+
+    factor_init_scale: float = FACTOR_INIT_SCALE
+
+    def table_init_scale(self) -> Optional[float]:
+        return self.factor_init_scale
 
 
 @dataclasses.dataclass

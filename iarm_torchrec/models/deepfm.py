@@ -8,8 +8,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import DeepModelConfig
-from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
+from iarm_torchrec.models.config import DeepModelConfig, FactorizationConfig
+from iarm_torchrec.models.field_model import FACTOR_INIT_SCALE, FieldOptions, FirstOrderModel
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES, DeepArch
 from iarm_torchrec.modules.factorization import BiInteraction
 
@@ -36,7 +36,8 @@ class DeepFM(FirstOrderModel):
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the deep MLP's ReLU layers.
         dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
-        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
+        linear_embedding_bag_collection / factor_init_scale: the first-order tables and where the
+            factor vectors start (:class:`FirstOrderModel`).
     """
 
     def __init__(
@@ -47,9 +48,12 @@ class DeepFM(FirstOrderModel):
         dropout: float = 0.0,
         norm: str = "none",
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        factor_init_scale: float = FACTOR_INIT_SCALE,
         **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
+        super().__init__(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, factor_init_scale, **fields
+        )
         self.interaction: BiInteraction = BiInteraction()
         num_inputs = self.flat_dim
         self.deep_arch: DeepArch = DeepArch(num_inputs, deep_layer_sizes, dropout, norm)
@@ -62,7 +66,7 @@ class DeepFM(FirstOrderModel):
 
 
 @dataclasses.dataclass
-class DeepFMConfig(DeepModelConfig):
+class DeepFMConfig(DeepModelConfig, FactorizationConfig):
     """Settings of :class:`DeepFM`: the deep MLP's layer sizes."""
 
     model_class = DeepFM

@@ -8,8 +8,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import ModelConfig
-from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
+from iarm_torchrec.models.config import FactorizationConfig
+from iarm_torchrec.models.field_model import FACTOR_INIT_SCALE, FieldOptions, FirstOrderModel
 from iarm_torchrec.modules.factorization import BiInteraction
 
 
@@ -31,7 +31,8 @@ class FM(FirstOrderModel):
     Args:
         embedding_bag_collection / dense_in_features / dense_feature_names /
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
-        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
+        linear_embedding_bag_collection / factor_init_scale: the first-order tables and where the
+            factor vectors start (:class:`FirstOrderModel`).
     """
 
     def __init__(
@@ -39,9 +40,12 @@ class FM(FirstOrderModel):
         embedding_bag_collection: EmbeddingBagCollection,
         dense_in_features: int,
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        factor_init_scale: float = FACTOR_INIT_SCALE,
         **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
+        super().__init__(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, factor_init_scale, **fields
+        )
         self.interaction: BiInteraction = BiInteraction()
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
@@ -52,7 +56,7 @@ class FM(FirstOrderModel):
 
 
 @dataclasses.dataclass
-class FMConfig(ModelConfig):
+class FMConfig(FactorizationConfig):
     """FM has no settings beyond its fields."""
 
     model_class = FM

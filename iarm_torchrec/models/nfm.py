@@ -8,8 +8,8 @@ from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
-from iarm_torchrec.models.config import DeepModelConfig
-from iarm_torchrec.models.field_model import FieldOptions, FirstOrderModel
+from iarm_torchrec.models.config import DeepModelConfig, FactorizationConfig
+from iarm_torchrec.models.field_model import FACTOR_INIT_SCALE, FieldOptions, FirstOrderModel
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES, DeepArch
 from iarm_torchrec.modules.factorization import BiInteraction
 
@@ -33,7 +33,8 @@ class NFM(FirstOrderModel):
             multi_hot_feature_names: the field inputs (:class:`FieldModel`).
         deep_layer_sizes: the hidden ReLU layers above the bi-interaction pooling.
         dropout / norm: the deep tower's regularizers (:class:`~iarm_torchrec.modules.tower.Tower`).
-        linear_embedding_bag_collection: the first-order weight tables (:class:`FirstOrderModel`).
+        linear_embedding_bag_collection / factor_init_scale: the first-order tables and where the
+            factor vectors start (:class:`FirstOrderModel`).
     """
 
     def __init__(
@@ -44,9 +45,12 @@ class NFM(FirstOrderModel):
         dropout: float = 0.0,
         norm: str = "none",
         linear_embedding_bag_collection: Optional[EmbeddingBagCollection] = None,
+        factor_init_scale: float = FACTOR_INIT_SCALE,
         **fields: Unpack[FieldOptions],
     ) -> None:
-        super().__init__(embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, **fields)
+        super().__init__(
+            embedding_bag_collection, dense_in_features, linear_embedding_bag_collection, factor_init_scale, **fields
+        )
         self.interaction: BiInteraction = BiInteraction()
         self.deep_arch: DeepArch = DeepArch(self.embedding_dim, deep_layer_sizes, dropout, norm)
 
@@ -58,7 +62,7 @@ class NFM(FirstOrderModel):
 
 
 @dataclasses.dataclass
-class NFMConfig(DeepModelConfig):
+class NFMConfig(DeepModelConfig, FactorizationConfig):
     """Settings of :class:`NFM`: the hidden layers above the bi-interaction pooling."""
 
     model_class = NFM

@@ -19,7 +19,7 @@ Example::
     >>> check_model_settings("fm", {"num_layers": 5})
     Traceback (most recent call last):
     ...
-    ValueError: model 'fm' has no setting 'num_layers'; fm takes no settings of its own
+    ValueError: model 'fm' has no setting 'num_layers'; fm takes factor_init_scale (float, default 0.01)
 """
 
 from typing import Any, Dict, List, Mapping, Type

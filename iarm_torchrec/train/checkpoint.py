@@ -79,6 +79,10 @@ class Progress:
     stopped_early: bool = False
     plateau_scale: float = 1.0
 
+    def __post_init__(self) -> None:
+        if self.best_score is None:  # strict JSON keeps the initial -inf as null
+            self.best_score = float("-inf")
+
 
 def checkpoint_name(step: int) -> str:
     return f"step-{step:08d}"

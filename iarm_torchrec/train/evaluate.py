@@ -42,6 +42,7 @@ class EvalResult:
     * ``ne``: normalized entropy, the log loss over that of always predicting the split's click
       rate (below 1: better than the click rate alone);
     * ``calibration``: mean predicted click probability over the observed click rate (1: calibrated);
+    * ``click_rate``: the observed click rate;
     * ``rows``: real samples, padding excluded.
     """
 
@@ -49,6 +50,7 @@ class EvalResult:
     logloss: float
     ne: float
     calibration: float
+    click_rate: float
     rows: int
 
 
@@ -58,8 +60,8 @@ def binary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
     Example::
 
         >>> r = binary_metrics(torch.tensor([2.0, -1.0, 0.5, -3.0]), torch.tensor([1.0, 0.0, 0.0, 0.0]))
-        >>> r.auc, round(r.logloss, 4), round(r.ne, 4), round(r.calibration, 4), r.rows
-        (1.0, 0.3657, 0.6503, 1.8196, 4)
+        >>> r.auc, round(r.logloss, 4), round(r.ne, 4), round(r.calibration, 4), r.click_rate, r.rows
+        (1.0, 0.3657, 0.6503, 1.8196, 0.25, 4)
     """
     logits = logits.double()
     labels = labels.double()
@@ -71,7 +73,8 @@ def binary_metrics(logits: torch.Tensor, labels: torch.Tensor) -> EvalResult:
     ne = float(compute_ne(s["cross_entropy_sum"], s["weighted_num_samples"], s["pos_labels"], s["neg_labels"], _ETA))
     calibration_states = get_calibration_states(labels, probabilities, weights)
     calibration = float(compute_calibration(calibration_states[CALIBRATION_NUM], calibration_states[CALIBRATION_DENOM]))
-    return EvalResult(auc, logloss, ne, calibration, int(labels.numel()))
+    click_rate = float(labels.mean()) if labels.numel() else float("nan")
+    return EvalResult(auc, logloss, ne, calibration, click_rate, int(labels.numel()))
 
 
 def gather_scores(

@@ -21,7 +21,7 @@ Example::
     >>> TrainSettings.from_args(["--model", "fm", "--num-layers", "5"])
     Traceback (most recent call last):
     ...
-    ValueError: --num-layers does not apply to model 'fm': fm takes no settings of its own
+    ValueError: --num-layers does not apply to model 'fm': fm takes factor_init_scale (float, default 0.01)
     >>> TrainSettings(batch_size=0)
     Traceback (most recent call last):
     ...

@@ -242,7 +242,7 @@ class Trainer:
         if test is not None:
             metrics.update(
                 test_auc=test.auc, test_logloss=test.logloss, test_ne=test.ne, test_calibration=test.calibration,
-                test_rows=test.rows,
+                test_click_rate=test.click_rate, test_rows=test.rows,
             )  # fmt: skip
         truth_file = ground_truth_file(self.run.data_dir)
         if truth_file is not None:
