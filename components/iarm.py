@@ -26,6 +26,7 @@ def train(
     *trainer_args: str,
     dataset: str = "synthetic",
     data_dir: Optional[str] = None,
+    schema: Optional[str] = None,
     cache_dir: Optional[str] = None,
     out: str = "runs/iarm",
     resume: Optional[str] = None,
@@ -64,8 +65,9 @@ def train(
 
     Args:
         trainer_args: extra ``iarm train`` flags, appended last (so they win), e.g. ``--num-layers 3``
-        dataset: synthetic, criteo, avazu or movielens-1m
+        dataset: synthetic, criteo, avazu, movielens-1m or tabular
         data_dir: the raw data set's file or folder, as seen by every node (synthetic: where it is generated)
+        schema: tabular: the schema file (YAML) describing the table, as seen by every node
         cache_dir: preprocessed-data cache (default: <data_dir>/.iarm-cache; set it when data_dir is read-only)
         out: run folder (checkpoints, metrics.json), on storage shared by all nodes
         resume: ``latest`` continues from the newest complete checkpoint in ``out`` (a fresh start when
@@ -98,6 +100,7 @@ def train(
     flags = {
         "--dataset": dataset,
         "--data-dir": data_dir,
+        "--schema": schema,
         "--cache-dir": cache_dir,
         "--out": out,
         "--resume": resume,

@@ -9,6 +9,7 @@
     iarm predict --model FILE --input RAW --out SCORES
     iarm serve   ARTIFACT [--host H] [--port P] [--workers N]   HTTP scoring of raw JSON rows
     iarm data    DATASET SOURCE OUT [options]   preprocess a dataset's original files
+    iarm data    tabular SCHEMA OUT [--data-dir D]  preprocess any CSV/TSV/Parquet table a schema describes
     iarm experiment --preset P --out DIR [...]  the paper's studies (table2, ablation, layers, split, attention)
     iarm tune    --model M --trials N --out DIR  hyperparameter search on the validation split (Optuna)
 
@@ -89,7 +90,7 @@ def _export(args: argparse.Namespace) -> int:
 
 def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="an exported model or serving artifact (iarm export [--serving])")
-    parser.add_argument("--input", required=True, help="a raw file in the training dataset's format")
+    parser.add_argument("--input", required=True, help="a raw file in the training dataset's format (tabular: a file or glob of the schema's format)")
     parser.add_argument("--out", required=True, help="where to write one click probability per line")
     parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
     parser.add_argument("--batch-size", type=int, default=4096)
@@ -116,9 +117,10 @@ def _serve(args: argparse.Namespace) -> int:
 
 
 def _data_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("dataset", choices=["criteo", "avazu", "movielens-1m"])
-    parser.add_argument("source", help="the original file or folder")
+    parser.add_argument("dataset", choices=["criteo", "avazu", "movielens-1m", "tabular"])
+    parser.add_argument("source", help="the original file or folder; tabular: the schema file (its files are found from its folder, or --data-dir)")
     parser.add_argument("out", help="the preprocessed folder to write")
+    parser.add_argument("--data-dir", help="tabular: where the schema's relative file names start (default: the schema's folder)")
     parser.add_argument("--field-set", help="movielens-1m: paper or ids")
     parser.add_argument("--split", choices=["random", "time"])
     parser.add_argument("--valid-ratio", type=float)
@@ -126,7 +128,7 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--seed", type=int)
     parser.add_argument("--min-count", type=int)
     parser.add_argument("--hash-buckets", type=int)
-    parser.add_argument("--numeric", choices=["log1p", "standard", "minmax", "none"])
+    parser.add_argument("--numeric", choices=["log1p", "standard", "minmax", "none", "bucketize"])
     parser.add_argument("--user-fields", help="comma-separated user fields (Eq. 5)")
     parser.add_argument("--skip-bad-rows", action="store_true", default=None)
     parser.add_argument("--workers", type=int)
@@ -138,8 +140,14 @@ def _data_arguments(parser: argparse.ArgumentParser) -> None:
 def _data(args: argparse.Namespace) -> int:
     from iarm_torchrec.data.preprocess import preprocess
 
-    given = {k: v for k, v in vars(args).items() if v is not None and k not in ("dataset", "source", "out", "command", "handler", "debug")}
-    spec = preprocess(args.dataset, args.source, args.out, **given)
+    skip = ("dataset", "source", "out", "command", "handler", "debug", "data_dir")
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in skip}
+    if args.dataset == "tabular":
+        spec = preprocess("tabular", args.data_dir, args.out, schema=args.source, **given)
+    else:
+        if args.data_dir:
+            raise ValueError("--data-dir applies to tabular only (the source is the second argument)")
+        spec = preprocess(args.dataset, args.source, args.out, **given)
     print(f"{args.out}: {spec.rows} rows, {len(spec.sparse)} categorical and {len(spec.dense)} numerical fields")
     return 0
 

@@ -73,8 +73,14 @@ FINGERPRINT_BYTES = 1 << 20
 WAIT_FOR_OTHER_S = 24 * 3600.0
 
 
-def source_files(dataset: str, source: str) -> List[Path]:
+def source_files(dataset: str, source: str, schema: Optional[str] = None) -> List[Path]:
     """The raw files ``source`` of ``dataset`` is read from (as the dataset's reader finds them)."""
+    if dataset == "tabular":
+        from iarm_torchrec.data.tabular import tabular_source_files
+
+        if schema is None:
+            raise ValueError("dataset tabular needs a schema file (--schema FILE)")
+        return [Path(p) for p in tabular_source_files(schema, source or None)]
     from iarm_torchrec.data.avazu import avazu_file
     from iarm_torchrec.data.criteo import criteo_files
     from iarm_torchrec.data.rows import find_file
@@ -116,11 +122,24 @@ def cache_key(source: DataSource) -> Dict[str, Any]:
             key["options"] = dict(source.options)
         return key
     full = source.full_hash or os.environ.get("IARM_CACHE_FULL_HASH", "") not in ("", "0")
+    schema = source.options.get("schema")
+    files = source_files(source.dataset, source.data_dir or "", schema)
+    if schema is not None:  # the schema's content, not only its path, decides what is read
+        from iarm_torchrec.data.tabular import as_schema
+
+        contents = as_schema(schema, source.data_dir if source.data_dir and Path(source.data_dir).is_dir() else None).to_dict()
+        return {
+            "dataset": source.dataset,
+            "source": str(Path(source.data_dir or Path(schema).parent).resolve()),
+            "options": dict(source.options),
+            "schema_content": contents,
+            "files": [file_identity(p, full) for p in files],
+        }
     return {
         "dataset": source.dataset,
         "source": str(Path(source.data_dir or "").resolve()),
         "options": dict(source.options),
-        "files": [file_identity(p, full) for p in source_files(source.dataset, source.data_dir or "")],
+        "files": [file_identity(p, full) for p in files],
     }
 
 

@@ -60,13 +60,21 @@ def make_lookup(plan: LookupPlan) -> Lookup:
     return Vocabulary.load(arg) if kind == "vocab" else HashedVocabulary(int(arg))
 
 
-def transform_dense(raw: np.ndarray, fields: Sequence[str], numeric: str, stats: Mapping[str, Mapping[str, float]]) -> np.ndarray:
+def transform_dense(
+    raw: np.ndarray,
+    fields: Sequence[str],
+    numeric: str,
+    stats: Mapping[str, Mapping[str, float]],
+    per_field: Optional[Mapping[str, str]] = None,
+) -> np.ndarray:
     """Raw numbers ``float64 [n, N]`` (NaN = missing), columns in ``fields`` order -> ``float32``
-    model inputs by the dataset's transform and train-split statistics."""
+    model inputs by the dataset's transform (``per_field`` overrides it for some fields: a tabular
+    schema's ``transform``, ``spec.options["numeric_fields"]``) and train-split statistics."""
     dense = np.empty(raw.shape, dtype=np.float32)
+    per_field = per_field or {}
     for j, name in enumerate(fields):
         s = NumericStats.from_dict(dict(stats[name])) if name in stats else NumericStats()  # log1p/none need none
-        dense[:, j] = transform(raw[:, j], numeric, s)
+        dense[:, j] = transform(raw[:, j], per_field.get(name, numeric), s)
     return dense
 
 
@@ -96,6 +104,7 @@ class RowEncoder:
         self.spec = spec
         self.numeric: str = options.get("numeric", "none")
         self.stats: Dict[str, Dict[str, float]] = dict(options.get("numeric_stats", {}))
+        self.numeric_fields: Dict[str, str] = dict(options.get("numeric_fields", {}) or {})
         self.bucketized: List[str] = list(options.get("bucketized", []))
         categorical = [f.name for f in spec.sparse if f.name not in self.bucketized]
         plans = field_lookups(categorical, options.get("hash_buckets", {}) or {}, Path(vocab_dir))
@@ -151,7 +160,7 @@ class RowEncoder:
                     kept = [self._token(i, name, v) for v in values if v is not None and v != ""]
                     multi_tokens[name].extend(kept)
                     multi_lengths[name][i] = len(kept)
-        dense = transform_dense(raw_dense, self.dense_fields, self.numeric, self.stats)
+        dense = transform_dense(raw_dense, self.dense_fields, self.numeric, self.stats, self.numeric_fields)
         one_hot = np.empty((n, len(self.one_hot_fields)), dtype=np.int32)
         for j, name in enumerate(self.one_hot_fields):
             if name in bucket_col:

@@ -51,13 +51,14 @@ from iarm_torchrec.locks import folder_lock
 
 logger = logging.getLogger(__name__)
 
-DATASETS = ("criteo", "avazu", "movielens-1m")
+DATASETS = ("criteo", "avazu", "movielens-1m", "tabular")
 VOCAB_DIR = "vocab"
 # Per dataset: default min_count (AutoInt's thresholds: 10 for Criteo, 5 for Avazu) and numeric transform.
 DEFAULTS: Dict[str, Dict[str, Any]] = {
     "criteo": {"min_count": 10, "numeric": "log1p"},
     "avazu": {"min_count": 5, "numeric": "none"},
     "movielens-1m": {"min_count": 1, "numeric": "standard"},
+    "tabular": {"min_count": 1, "numeric": "none"},  # a schema's min_count / numeric override these
 }
 T = TypeVar("T")
 
@@ -72,12 +73,26 @@ def make_reader(
     max_field_bytes: int = MAX_FIELD_BYTES,
     max_line_bytes: int = MAX_LINE_BYTES,
     keep_neutral: bool = False,
+    schema: Any = None,
+    explicit: bool = False,
 ) -> RowReader:
     """The reader of ``dataset`` (one of ``DATASETS``) for ``source`` (a file or folder, any iopath path);
-    ``keep_neutral`` keeps MovieLens' rating-3 rows (for scoring every input row)."""
+    ``keep_neutral`` keeps MovieLens' rating-3 rows (for scoring every input row). ``tabular``
+    reads what ``schema`` (a schema file, mapping or :class:`~iarm_torchrec.data.schema.TabularSchema`)
+    describes; with ``explicit`` it reads ``source`` itself instead of the schema's files."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     limits = dict(skip_bad_rows=skip_bad_rows, max_field_bytes=max_field_bytes, max_line_bytes=max_line_bytes)
+    if dataset == "tabular":
+        from iarm_torchrec.data.tabular import TabularReader
+
+        if schema is None:
+            raise ValueError("dataset tabular needs a schema file (--schema FILE); see iarm_torchrec/data/schema.py")
+        if field_set not in (None, "default"):
+            raise ValueError(f"field_set applies to movielens-1m only, not to tabular (got {field_set!r})")
+        return TabularReader(source, schema=schema, labelled=labelled, keep_neutral=keep_neutral, explicit=explicit, **limits)
+    if schema is not None:
+        raise ValueError(f"schema applies to dataset tabular only, not to {dataset}")
     if dataset == "movielens-1m":
         return MovieLensReader(source, field_set=field_set or "paper", labelled=labelled, keep_neutral=keep_neutral, **limits)
     if field_set not in (None, "default"):
@@ -103,6 +118,8 @@ class _Job:
         """Each row's split code (index in ``SPLITS``)."""
         if self.splits is None:
             return np.full(len(rows), SPLITS.index(self.target), dtype=np.uint8)
+        if rows.split_codes is not None:  # the reader's (pre-split files, a time column)
+            return rows.split_codes
         if rows.rank is not None:
             return self.splits.assign(rows.rows, rows.rank, rows.ranked or len(rows))
         return self.splits.assign(rows.rows, rows.rows, self.total)
@@ -166,7 +183,7 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
         sparse = np.concatenate([sparse, bucketize(rows.dense).reshape(rows.dense.shape)], axis=1)
         dense = np.empty((len(rows), 0), dtype=np.float32)
     else:
-        dense = transform_dense(rows.dense, reader.dense_fields, job.numeric, job.stats)
+        dense = transform_dense(rows.dense, reader.dense_fields, job.numeric, job.stats, getattr(reader, "numeric_transforms", {}))
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
     written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples, rows.neutral)
     for code, split in enumerate(SPLITS):
@@ -182,6 +199,11 @@ def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
         written.rows[split] = int(keep.sum())
         written.positives[split] = int(labels[keep].sum())
     return written
+
+
+def _numeric_of(reader: RowReader, name: str, default: str) -> str:
+    """A numeric field's transform: the reader's own for it (a schema's ``transform``), else ``default``."""
+    return getattr(reader, "numeric_transforms", {}).get(name, default)
 
 
 @contextlib.contextmanager
@@ -301,6 +323,7 @@ def preprocess(
     overwrite: bool = False,
     max_field_bytes: int = MAX_FIELD_BYTES,
     max_line_bytes: int = MAX_LINE_BYTES,
+    schema: Any = None,
 ) -> FeatureSpec:
     """Preprocess a dataset's original files into npy shards, vocabularies and ``spec.json``.
 
@@ -330,6 +353,10 @@ def preprocess(
         overwrite: replace an earlier output in ``out_dir``.
         max_field_bytes, max_line_bytes: a longer field or line is a bad row (default 64 KiB
             and 1 MiB).
+        schema: ``tabular`` only: the schema file (see :mod:`iarm_torchrec.data.schema`); its
+            relative file names start at ``source`` when given, else at the schema's folder.
+            Its ``min_count``, ``hash_buckets`` and ``numeric`` (global and per field) are the
+            defaults the arguments above override.
 
     ``out_dir`` is locked while it is written (a second preprocessing into it is refused,
     naming the owner); what a failed run wrote there is removed.
@@ -338,19 +365,21 @@ def preprocess(
         the :class:`FeatureSpec`, also saved as ``out_dir/spec.json``.
     """
     limits = dict(max_field_bytes=max_field_bytes, max_line_bytes=max_line_bytes)
-    reader = make_reader(dataset, source, field_set=field_set, skip_bad_rows=skip_bad_rows, **limits)
-    defaults = DEFAULTS[dataset]
+    reader = make_reader(dataset, source, field_set=field_set, skip_bad_rows=skip_bad_rows, schema=schema, **limits)
+    defaults = {**DEFAULTS[dataset], **getattr(reader, "defaults", {})}
     min_count = defaults["min_count"] if min_count is None else int(min_count)
     if min_count < 1:
         raise ValueError(f"min_count must be >= 1, got {min_count}")
     numeric = numeric or defaults["numeric"]
     if numeric not in TRANSFORMS:
         raise ValueError(f"numeric must be one of {TRANSFORMS}, got {numeric!r}")
-    buckets = _buckets(hash_buckets, reader.sparse_fields)
+    buckets = {**getattr(reader, "field_buckets", {}), **_buckets(hash_buckets, reader.sparse_fields)}
     splits = SplitConfig(split, valid_ratio, test_ratio, seed)
     workers = workers or _default_workers()
 
     chunks = reader.plan(int(chunk_mb * 2**20))
+    if hasattr(reader, "prepare_split"):  # pre-split files, a time column (tabular)
+        reader.prepare_split(splits, chunks)
     with _writing(out_dir, overwrite) as out:
         return _preprocess(reader, chunks, source, out, splits, buckets, min_count, numeric, user_fields, workers, chunk_mb, limits)
 
@@ -376,7 +405,8 @@ def _preprocess(
 
     sizes: Dict[str, int] = {f: buckets[f] + 1 for f in buckets}
     with _pool(workers, len(chunks)) as pool:
-        if len(buckets) < len(reader.sparse_fields) or numeric in ("standard", "minmax"):
+        own = [_numeric_of(reader, f, numeric) for f in reader.dense_fields]
+        if len(buckets) < len(reader.sparse_fields) or numeric in ("standard", "minmax") or {"standard", "minmax"} & set(own):
             counters = {f: KeyCounter() for f in reader.sparse_fields if f not in buckets}
             stats = {f: NumericStats() for f in reader.dense_fields}
             for counts in _map_chunks(_count_chunk, job, chunks, pool, "count"):
@@ -386,7 +416,7 @@ def _preprocess(
                     stats[name].merge(s)
             vocab_dir.mkdir()
             for name, counter in counters.items():
-                vocab = Vocabulary.from_counts(*counter.result(), min_count)
+                vocab = Vocabulary.from_counts(*counter.result(), getattr(reader, "min_counts", {}).get(name, min_count))
                 vocab.save(vocab_dir / f"{name}.npy")
                 sizes[name] = vocab.size
             del counters
@@ -406,6 +436,8 @@ def _preprocess(
         options={
             "source": source,
             "field_set": getattr(reader, "field_set", None),
+            **({"schema": reader.schema.to_dict()} if hasattr(reader, "schema") else {}),
+            "numeric_fields": dict(getattr(reader, "numeric_transforms", {})),  # per-field transforms (tabular)
             **splits.to_dict(),
             "min_count": min_count,
             "hash_buckets": buckets,
@@ -486,6 +518,8 @@ def encode(
         labelled=labelled,
         skip_bad_rows=skip_bad_rows,
         keep_neutral=keep_neutral,
+        schema=options.get("schema"),
+        explicit=base.dataset == "tabular",
         **{k: options[k] for k in ("max_field_bytes", "max_line_bytes") if k in options},
     )
     buckets = options.get("hash_buckets", {})

@@ -182,6 +182,8 @@ class RawRows:
         skipped: bad rows dropped (``skip_bad_rows=True``), with the first messages.
         neutral: rows kept although training's protocol drops them (MovieLens' rating 3, when
             scoring every row).
+        split_codes: ``uint8 [n]`` each row's split (index in ``SPLITS``) when the reader decides
+            it (pre-split files, a time column), else ``None`` (the split config decides).
     """
 
     lines: np.ndarray
@@ -195,6 +197,7 @@ class RawRows:
     skipped: int = 0
     skipped_examples: List[str] = field(default_factory=list)
     neutral: int = 0
+    split_codes: Optional[np.ndarray] = None
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -216,6 +219,7 @@ class RawRows:
             skipped=self.skipped,
             skipped_examples=self.skipped_examples,
             neutral=self.neutral,
+            split_codes=None if self.split_codes is None else self.split_codes[keep],
         )
 
 

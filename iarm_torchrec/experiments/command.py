@@ -73,6 +73,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--dataset", choices=DATASETS, help="(default: --config's, else synthetic)")
     parser.add_argument("--data-dir", help="the raw data's file or folder (synthetic: where it is generated)")
     parser.add_argument("--cache-dir", help="preprocessed-data cache (default <data-dir>/.iarm-cache)")
+    parser.add_argument("--schema", help="tabular: the schema file describing the table")
     parser.add_argument("--out", required=True, help="the study folder: runs/, reports, plots/")
     parser.add_argument("--seeds", type=_seeds, default=[0, 1, 2], help="comma-separated (default 0,1,2)")
     parser.add_argument("--models", type=lambda t: _names(t, TABLE2_MODELS, "model"),

@@ -211,6 +211,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g = parser.add_argument_group("data and budget of every trial")
     g.add_argument("--dataset", choices=DATASETS)
     g.add_argument("--data-dir")
+    g.add_argument("--schema", help="tabular: the schema file")
     g.add_argument("--cache-dir")
     g.add_argument("--field-set")
     g.add_argument("--numeric")

@@ -71,7 +71,10 @@ class TrainSettings:
     Args:
         dataset: ``synthetic`` (generated, with a known Bayes-optimal AUC), ``criteo``,
             ``avazu`` or ``movielens-1m``.
-        data_dir: the raw source (file or folder); for ``synthetic``, where it is generated.
+        data_dir: the raw source (file or folder); for ``synthetic``, where it is generated; for
+            ``tabular``, where the schema's relative file names start (default: the schema's folder).
+        schema: ``tabular`` only: the schema file describing the table (:mod:`iarm_torchrec.data.schema`);
+            its content is part of the cache key.
         cache_dir: where preprocessed data is cached (default: :attr:`cache_root`).
         out: the run folder (settings, checkpoints, metrics, TensorBoard logs).
         model: a registered model name (:mod:`iarm_torchrec.models.registry`).
@@ -115,6 +118,7 @@ class TrainSettings:
 
     dataset: str = "synthetic"
     data_dir: Optional[str] = None
+    schema: Optional[str] = None
     cache_dir: Optional[str] = None
     out: str = "runs/iarm"
     model: str = "iarm"
@@ -179,7 +183,13 @@ class TrainSettings:
                 raise ValueError(f"{name} must be in (0, 1), got {value}")
         if self.min_count is not None and self.min_count < 1:
             raise ValueError(f"min_count must be >= 1, got {self.min_count}")
-        if self.dataset != "synthetic" and not self.data_dir:
+        if self.dataset == "tabular" and not self.schema:
+            raise ValueError("dataset 'tabular' needs --schema FILE, the schema describing the table")
+        if self.schema and self.dataset != "tabular":
+            raise ValueError(f"--schema applies to --dataset tabular only, not to {self.dataset!r}")
+        if self.schema and not Path(self.schema).is_file():
+            raise ValueError(f"--schema {self.schema}: no such schema file")
+        if self.dataset not in ("synthetic", "tabular") and not self.data_dir:
             raise ValueError(f"dataset {self.dataset!r} needs --data-dir, the raw data's file or folder")
         if not isinstance(self.model_config, dict):
             raise ValueError(f"model_config must be a JSON object of {self.model}'s settings, got {self.model_config!r}")
@@ -192,7 +202,7 @@ class TrainSettings:
         ``$XDG_CACHE_HOME/iarm_torchrec`` (``~/.cache/iarm_torchrec``)."""
         if self.cache_dir:
             return Path(self.cache_dir)
-        base = Path(self.data_dir) if self.data_dir else Path(self.out).parent / "data"
+        base = Path(self.data_dir) if self.data_dir else Path(self.schema).resolve().parent if self.schema else Path(self.out).parent / "data"
         if base.is_file():
             base = base.parent
         if base.exists() and not os.access(base, os.W_OK):
@@ -224,6 +234,7 @@ class TrainSettings:
             "test_ratio": self.test_ratio,
             "valid_ratio": self.valid_ratio,
             "numeric": self.numeric,
+            "schema": str(Path(self.schema).resolve()) if self.schema else None,
         }
         return {k: v for k, v in options.items() if v is not None}
 
@@ -317,7 +328,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", help="JSON file of settings; flags given here override it")
     g = parser.add_argument_group("data")
     g.add_argument("--dataset", choices=DATASETS, help=f"(default {d.dataset})")
-    g.add_argument("--data-dir", help="raw data file or folder; for synthetic, where it is generated")
+    g.add_argument("--data-dir", help="raw data file or folder; for synthetic, where it is generated; for tabular, where the schema's files are (default: the schema's folder)")
+    g.add_argument("--schema", help="tabular: the schema file (YAML) describing a CSV, TSV or Parquet table (iarm_torchrec/data/schema.py)")
     g.add_argument("--cache-dir", help="preprocessed-data cache (default <data-dir>/.iarm-cache, or ~/.cache/iarm_torchrec when that is read-only)")
     g.add_argument("--field-set", help="movielens-1m: paper (AutoInt's 7 fields, the default) or ids (user_id and movie_id added to the profile and genres)")
     g.add_argument("--min-count", type=int, help="categories seen fewer times share one out-of-vocabulary id")
