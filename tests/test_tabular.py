@@ -1,4 +1,4 @@
-"""--dataset tabular: the schema file, the Arrow reader, the examples, and equality with the built-in readers."""
+"""--dataset tabular: the schema file, the Arrow reader, the examples, and equality with the former built-in readers."""
 
 import hashlib
 import importlib.util

@@ -2,7 +2,9 @@
 
 Reading is Apache Arrow's (``pyarrow``), one chunk at a time, so memory stays bounded whatever the
 file size and the two-pass preprocessing (:mod:`iarm_torchrec.data.preprocess`: vocabularies,
-numeric transforms, splits, bad rows, workers, the cache) is the same as for the built-in readers:
+numeric transforms, splits, bad rows, workers, the cache) is the same as for MovieLens' reader;
+the built-in Criteo and Avazu are read by this reader too, from their shipped schemas
+(:mod:`iarm_torchrec.data.builtin`):
 
 * csv/tsv (plain or gzip): the file is cut into chunks of whole lines (:func:`~iarm_torchrec.data.rows.plan_chunks`),
   each parsed by ``pyarrow.csv`` with every used column as bytes; quoted fields may hold the
@@ -12,7 +14,8 @@ numeric transforms, splits, bad rows, workers, the cache) is the same as for the
 Categorical values become the same ``uint64`` keys as everywhere else (:func:`~iarm_torchrec.data.vocab.token_keys`,
 computed here straight from Arrow's buffers), so a Criteo schema gives the built-in Criteo
 reader's shards bit for bit. Numbers of a Parquet column are taken as they are; in a text column
-they must parse as numbers. A bad row raises ``FILE:LINE: field NAME: ...`` (Parquet:
+they must parse as finite numbers (empty: missing), and text must be UTF-8 (after ``encoding``);
+lines longer than ``max_line_bytes`` and fields longer than ``max_field_bytes`` are bad rows. A bad row raises ``FILE:LINE: field NAME: ...`` (Parquet:
 ``FILE: row group G, row R: field NAME: ...``) or, with ``skip_bad_rows``, is dropped and counted.
 """
 
