@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 
 from conftest import shared_data
-from iarm_torchrec.data.avazu import CAT_FIELDS, AvazuReader, hour_fields
-from iarm_torchrec.data.criteo import CriteoReader, criteo_files
+from iarm_torchrec.data.builtin import builtin_files
 from iarm_torchrec.data.movielens import MovieLensReader, year_token
+from iarm_torchrec.data.preprocess import make_reader
 from iarm_torchrec.data.rows import RawRows, RowReader
 from iarm_torchrec.data.vocab import token_keys
 
@@ -23,7 +23,7 @@ def read_all(reader: RowReader, chunk_bytes: int = 1 << 20) -> List[RawRows]:
 
 def test_criteo_10k_rows_and_clicks() -> None:
     path = shared_data("criteo-kaggle-10k") / "train.txt"
-    parts = read_all(CriteoReader(str(path)), chunk_bytes=300_000)  # several chunks
+    parts = read_all(make_reader("criteo", str(path)), chunk_bytes=300_000)  # several chunks
     assert len(parts) > 1
     assert sum(len(p) for p in parts) == CRITEO_10K_ROWS
     assert sum(float(p.labels.sum()) for p in parts) == CRITEO_10K_CLICKS
@@ -40,8 +40,8 @@ def test_criteo_10k_rows_and_clicks() -> None:
 def test_criteo_unlabelled_test_file(tmp_path: Path) -> None:
     lines = (shared_data("criteo-kaggle-10k") / "train.txt").read_bytes().splitlines()[:50]
     (tmp_path / "test.txt").write_bytes(b"".join(line.split(b"\t", 1)[1] + b"\n" for line in lines))
-    labelled = read_all(CriteoReader(str(shared_data("criteo-kaggle-10k") / "train.txt")))[0]
-    (unlabelled,) = read_all(CriteoReader(str(tmp_path / "test.txt"), labelled=False))
+    labelled = read_all(make_reader("criteo", str(shared_data("criteo-kaggle-10k") / "train.txt")))[0]
+    (unlabelled,) = read_all(make_reader("criteo", str(tmp_path / "test.txt"), labelled=False))
     assert unlabelled.labels is None and len(unlabelled) == 50
     np.testing.assert_array_equal(unlabelled.sparse, labelled.sparse[:50])
     np.testing.assert_array_equal(unlabelled.dense, labelled.dense[:50])
@@ -50,7 +50,7 @@ def test_criteo_unlabelled_test_file(tmp_path: Path) -> None:
 def test_criteo_folder_reads_day_files_in_day_order(tmp_path: Path) -> None:
     for day in (10, 2, 0):
         (tmp_path / f"day_{day}").write_text("")
-    assert [Path(p).name for p in criteo_files(str(tmp_path))] == ["day_0", "day_2", "day_10"]
+    assert [Path(p).name for p in builtin_files("criteo", str(tmp_path))] == ["day_0", "day_2", "day_10"]
 
 
 @pytest.mark.parametrize("field_set", ["paper", "ids"])
@@ -82,18 +82,25 @@ def test_movielens_year_buckets() -> None:
     assert [year_token(y) for y in (1919, 1965, 1969, 1970, 2000)] == [b"1910s", b"1960s", b"1960s", b"1970", b"2000"]
 
 
-def test_avazu_sample_and_hour_fields() -> None:
-    reader = AvazuReader(str(shared_data("avazu-sample") / "train.csv"))
+def test_avazu_sample_and_hour_fields(tmp_path: Path) -> None:
+    reader = make_reader("avazu", str(shared_data("avazu-sample") / "train.csv"))
     (rows,) = read_all(reader)
+    assert reader.dataset == "avazu" and reader.sparse_fields[-2:] == ["hour_of_day", "weekday"]
     assert len(rows) == 100 and int(rows.labels.sum()) == 20  # 20 clicks: cut -d, -f2 | sort | uniq -c
-    assert rows.sparse.shape == (100, len(CAT_FIELDS) + 2) and rows.dense.shape == (100, 0)
+    assert rows.sparse.shape == (100, 21 + 2) and rows.dense.shape == (100, 0)
     # row 1: hour 14102100 = 2014-10-21 00:00, a Tuesday -> hour_of_day 0, weekday 1 (0 = Monday)
     assert rows.sparse[0, -2] == token_keys(np.array([b"0"]))[0]
     assert rows.sparse[0, -1] == token_keys(np.array([b"1"]))[0]
     assert rows.sparse[0, 0] == token_keys(np.array([b"1005"]))[0]  # C1
-    assert rows.sparse[0, CAT_FIELDS.index("site_id")] == token_keys(np.array([b"1fbe01fe"]))[0]
-    hh, weekday, ok = hour_fields(np.array([14102100, 14102913, 14103123, 14022900]))
-    assert hh.tolist() == [0, 13, 23, 0] and weekday.tolist() == [1, 2, 4, 5] and ok.tolist() == [True, True, True, False]
+    assert rows.sparse[0, reader.sparse_fields.index("site_id")] == token_keys(np.array([b"1fbe01fe"]))[0]
+    # more hours, columns in another order, the id dropped; 14022900 (29 February 2014) is no date
+    header = ["hour", "click"] + reader.sparse_fields[:-2] + ["id"]
+    hours = ["14102100", "14102913", "14103123", "14022900"]
+    (tmp_path / "a.csv").write_text("\n".join([",".join(header)] + [",".join([h, "0"] + ["1"] * 22) for h in hours]) + "\n")
+    (rows,) = read_all(make_reader("avazu", str(tmp_path / "a.csv"), skip_bad_rows=True))
+    assert rows.lines.tolist() == [2, 3, 4] and rows.skipped == 1 and "a.csv:5: field hour: '14022900'" in rows.skipped_examples[0]
+    assert rows.sparse[:, -2].tolist() == token_keys(np.array([b"0", b"13", b"23"])).tolist()
+    assert rows.sparse[:, -1].tolist() == token_keys(np.array([b"1", b"2", b"4"])).tolist()
 
 
 def test_token_keys_exact_short_and_stable_long() -> None:

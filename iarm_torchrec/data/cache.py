@@ -81,14 +81,11 @@ def source_files(dataset: str, source: str, schema: Optional[str] = None) -> Lis
         if schema is None:
             raise ValueError("dataset tabular needs a schema file (--schema FILE)")
         return [Path(p) for p in tabular_source_files(schema, source or None)]
-    from iarm_torchrec.data.avazu import avazu_file
-    from iarm_torchrec.data.criteo import criteo_files
+    from iarm_torchrec.data.builtin import BUILTIN, builtin_files
     from iarm_torchrec.data.rows import find_file
 
-    if dataset == "criteo":
-        return [Path(p) for p in criteo_files(source)]
-    if dataset == "avazu":
-        return [Path(avazu_file(source))]
+    if dataset in BUILTIN:
+        return [Path(p) for p in builtin_files(dataset, source)]
     if dataset == "movielens-1m":
         if not Path(source).is_dir():
             raise NotADirectoryError(f"{source}: expected the MovieLens-1M folder (users.dat, movies.dat, ratings.dat)")

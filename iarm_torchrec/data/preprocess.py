@@ -37,8 +37,7 @@ from typing import Any, Callable, Dict, Iterator, List, Mapping, Optional, Seque
 import numpy as np
 from tqdm import tqdm
 
-from iarm_torchrec.data.avazu import AvazuReader
-from iarm_torchrec.data.criteo import CriteoReader
+from iarm_torchrec.data.builtin import builtin_reader
 from iarm_torchrec.data.encoders import Lookup, LookupPlan, field_lookups, make_lookup, transform_dense
 from iarm_torchrec.data.movielens import MovieLensReader
 from iarm_torchrec.data.numeric import BUCKETS, TRANSFORMS, NumericStats, bucketize
@@ -79,7 +78,9 @@ def make_reader(
     """The reader of ``dataset`` (one of ``DATASETS``) for ``source`` (a file or folder, any iopath path);
     ``keep_neutral`` keeps MovieLens' rating-3 rows (for scoring every input row). ``tabular``
     reads what ``schema`` (a schema file, mapping or :class:`~iarm_torchrec.data.schema.TabularSchema`)
-    describes; with ``explicit`` it reads ``source`` itself instead of the schema's files."""
+    describes; with ``explicit`` it reads ``source`` itself instead of the schema's files. Criteo
+    and Avazu are read the same way, by their schemas shipped in the package
+    (:mod:`iarm_torchrec.data.builtin`); MovieLens, a join of three files, by its own reader."""
     if dataset not in DATASETS:
         raise ValueError(f"unknown dataset {dataset!r}; expected one of {DATASETS}")
     limits = dict(skip_bad_rows=skip_bad_rows, max_field_bytes=max_field_bytes, max_line_bytes=max_line_bytes)
@@ -97,8 +98,7 @@ def make_reader(
         return MovieLensReader(source, field_set=field_set or "paper", labelled=labelled, keep_neutral=keep_neutral, **limits)
     if field_set not in (None, "default"):
         raise ValueError(f"field_set applies to movielens-1m only; {dataset} has one field set (got {field_set!r})")
-    cls = CriteoReader if dataset == "criteo" else AvazuReader
-    return cls(source, labelled=labelled, **limits)
+    return builtin_reader(dataset, source, labelled=labelled, **limits)
 
 
 @dataclass
@@ -518,7 +518,7 @@ def encode(
         labelled=labelled,
         skip_bad_rows=skip_bad_rows,
         keep_neutral=keep_neutral,
-        schema=options.get("schema"),
+        schema=options.get("schema") if base.dataset == "tabular" else None,  # built-ins: the shipped schema
         explicit=base.dataset == "tabular",
         **{k: options[k] for k in ("max_field_bytes", "max_line_bytes") if k in options},
     )

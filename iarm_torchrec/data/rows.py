@@ -248,13 +248,14 @@ class RowChecker:
 
     def flag_field(self, bad: np.ndarray, name: str, tokens: np.ndarray, what: str) -> None:
         """Report rows whose token of field ``name`` is bad: ``field NAME: 'value' WHAT``."""
-        self.flag(bad, lambda i: f"field {name}: {_show(tokens[i])} {what}")
+        self.flag(bad, lambda i: f"field {name}: {show_token(tokens[i])} {what}")
 
 
-def _show(token: bytes) -> str:
+def show_token(token: bytes) -> str:
+    """A value for a message: text when ASCII, else a bytes literal; long ones cut, with their size."""
     token = bytes(token)
     if len(token) > _SHOWN:
-        return _show(token[:_SHOWN])[:-1] + f"...' ({len(token):,} bytes)"
+        return show_token(token[:_SHOWN])[:-1] + f"...' ({len(token):,} bytes)"
     return repr(token.decode("latin-1")) if token.isascii() else repr(token)
 
 
@@ -397,14 +398,6 @@ def _tokens(
     tokens = np.empty(len(pieces), dtype=object)
     tokens[:] = pieces
     return tokens.reshape(n, n_columns)
-
-
-def parse_labels(table: Table, col: int, name: str = "label") -> np.ndarray:
-    """A 0/1 column -> ``float32 [n]``; anything else is a bad row."""
-    tokens = table.tokens[:, col]
-    one, zero = tokens == b"1", tokens == b"0"
-    table.checker.flag_field(~(one | zero), name, tokens, "is not 0 or 1")
-    return one.astype(np.float32)
 
 
 def parse_ints(table: Table, col: int, name: str, allow_missing: bool = True) -> np.ndarray:

@@ -36,13 +36,16 @@ import numpy as np
 import torch
 from torchmetrics.functional.classification import binary_auroc
 
-from iarm_torchrec.data.criteo import CAT_FIELDS, INT_FIELDS
+from iarm_torchrec.data.builtin import builtin_schema
 from iarm_torchrec.data.loader import ShardedSplit
 from iarm_torchrec.data.preprocess import preprocess
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, PathLike
 from iarm_torchrec.data.splits import SplitConfig
 from iarm_torchrec.files import atomic_write_bytes, atomic_write_json
 
+_CRITEO = builtin_schema("criteo")  # the generated TSV is Criteo's layout, preprocessed as criteo
+INT_FIELDS = [f.name for f in _CRITEO.fields if f.kind == "numeric"]
+CAT_FIELDS = [f.name for f in _CRITEO.fields if f.kind == "categorical"]
 NUM_INTEGER = len(INT_FIELDS)
 NUM_CATEGORICAL = len(CAT_FIELDS)
 GROUND_TRUTH_FILE = "ground_truth.json"

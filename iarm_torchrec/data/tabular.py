@@ -2,7 +2,9 @@
 
 Reading is Apache Arrow's (``pyarrow``), one chunk at a time, so memory stays bounded whatever the
 file size and the two-pass preprocessing (:mod:`iarm_torchrec.data.preprocess`: vocabularies,
-numeric transforms, splits, bad rows, workers, the cache) is the same as for the built-in readers:
+numeric transforms, splits, bad rows, workers, the cache) is the same as for MovieLens' reader;
+the built-in Criteo and Avazu are read by this reader too, from their shipped schemas
+(:mod:`iarm_torchrec.data.builtin`):
 
 * csv/tsv (plain or gzip): the file is cut into chunks of whole lines (:func:`~iarm_torchrec.data.rows.plan_chunks`),
   each parsed by ``pyarrow.csv`` with every used column as bytes; quoted fields may hold the
@@ -12,7 +14,8 @@ numeric transforms, splits, bad rows, workers, the cache) is the same as for the
 Categorical values become the same ``uint64`` keys as everywhere else (:func:`~iarm_torchrec.data.vocab.token_keys`,
 computed here straight from Arrow's buffers), so a Criteo schema gives the built-in Criteo
 reader's shards bit for bit. Numbers of a Parquet column are taken as they are; in a text column
-they must parse as numbers. A bad row raises ``FILE:LINE: field NAME: ...`` (Parquet:
+they must parse as finite numbers (empty: missing), and text must be UTF-8 (after ``encoding``);
+lines longer than ``max_line_bytes`` and fields longer than ``max_field_bytes`` are bad rows. A bad row raises ``FILE:LINE: field NAME: ...`` (Parquet:
 ``FILE: row group G, row R: field NAME: ...``) or, with ``skip_bad_rows``, is dropped and counted.
 """
 
@@ -24,7 +27,8 @@ from typing import Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from iarm_torchrec.data.rows import PATHS, Chunk, RawRows, RowChecker, RowReader, open_file, naming, plan_chunks, read_chunk
+from iarm_torchrec.data.rows import PATHS, Chunk, RawRows, RowChecker, RowReader, naming, open_file, plan_chunks, read_chunk
+from iarm_torchrec.data.rows import show_token
 from iarm_torchrec.data.schema import FieldSchema, TabularSchema, TimeSource, check_header, load_schema, parse_schema
 from iarm_torchrec.data.schema import schema_from_dict
 from iarm_torchrec.data.vocab import token_keys
@@ -108,8 +112,30 @@ def _byte_lengths(array) -> Optional[np.ndarray]:  # type: ignore[no-untyped-def
 
 
 def _shown(value: object) -> str:
+    if isinstance(value, bytes):
+        return show_token(value)
     text = value.decode("utf-8", "replace") if isinstance(value, bytes) else str(value)
     return repr(text if len(text) <= 60 else text[:60] + "...")
+
+
+def _is_utf8(value: Optional[bytes]) -> bool:
+    try:
+        value is None or value.decode("utf-8")
+        return True
+    except UnicodeDecodeError:
+        return False
+
+
+def _line_lengths(raw: bytes, lines: int) -> np.ndarray:
+    """The byte length of each of a chunk's ``lines`` lines, without its ``\\n`` or ``\\r\\n``."""
+    arr = np.frombuffer(raw, dtype=np.uint8)
+    ends = np.flatnonzero(arr == 10)
+    if len(ends) < lines:  # the file's last line has no line break
+        ends = np.append(ends, len(arr))
+    lengths = np.diff(ends, prepend=-1) - 1
+    before = ends - 1
+    crlf = (before >= 0) & (arr[np.clip(before, 0, None)] == 13) if len(arr) else np.zeros(len(ends), dtype=bool)
+    return (lengths - (crlf & (lengths > 0)))[:lines]
 
 
 class _ParquetChecker(RowChecker):
@@ -143,6 +169,9 @@ class TabularReader(RowReader):
         labelled: ``False`` for rows without the label column (scoring).
         keep_neutral: keep rows that a label rule drops (labelled 0, counted as ``neutral``).
         explicit: read ``source`` itself (a file or glob) instead of the schema's files.
+        paths: read these files, in this order, instead (the built-in datasets' folder rules,
+            :mod:`iarm_torchrec.data.builtin`).
+        dataset: the name recorded as ``spec.dataset`` (a built-in dataset's, else ``tabular``).
     """
 
     dataset = "tabular"
@@ -156,9 +185,12 @@ class TabularReader(RowReader):
         skip_bad_rows: bool = False,
         keep_neutral: bool = False,
         explicit: bool = False,
+        paths: Optional[Sequence[str]] = None,
+        dataset: str = "tabular",
         **limits: int,
     ) -> None:
         super().__init__(source or "", labelled=labelled, skip_bad_rows=skip_bad_rows, **limits)
+        self.dataset = dataset
         self.schema = s = as_schema(schema, source if source and os.path.isdir(source) else None)
         self.keep_neutral = keep_neutral
         self.sparse_fields = [f.name for f in s.fields if f.kind != "numeric"]
@@ -172,10 +204,12 @@ class TabularReader(RowReader):
             self.field_buckets = {**{f: s.hash_buckets for f in self.sparse_fields if f not in self.min_counts}, **self.field_buckets}
         self.numeric_transforms = {f.name: f.transform for f in s.fields if f.transform}
         self.defaults = {k: v for k, v in (("min_count", s.min_count), ("numeric", s.numeric)) if v is not None}
-        if explicit:
+        if paths is not None:
+            self.files: List[Tuple[str, Optional[str]]] = [(p, None) for p in paths]
+        elif explicit:
             pattern = source or ""
             found = sorted(glob.glob(pattern)) if any(ch in pattern for ch in "*?[") else [pattern]
-            self.files: List[Tuple[str, Optional[str]]] = [(p, None) for p in found]
+            self.files = [(p, None) for p in found]
         else:
             self.files = schema_files(s, source if source and os.path.isdir(source) else None)
         self.source = source or ",".join(p for p, _ in self.files)
@@ -319,13 +353,34 @@ class TabularReader(RowReader):
                 f"{chunk.lines} lines: a quoted value holds a line break, which is not supported (remove it or change quote)"
             )
         checker = RowChecker(chunk.path, every, self.skip_bad_rows)
+        too_long = np.zeros(chunk.lines, dtype=bool)
         if checking:
+            lengths = _line_lengths(raw, chunk.lines)
+            too_long = lengths > self.max_line_bytes
+            checker.flag(too_long, lambda i: f"line of {lengths[i]:,} bytes is longer than the limit of {self.max_line_bytes:,} bytes (max_line_bytes)")
             shown = "tab" if s.delimiter == "\t" else repr(s.delimiter)
-            checker.flag(bad, lambda i: f"expected {len(names)} {shown}-separated columns ({', '.join(names)}), found {found[i]}")
+            checker.flag(bad & ~too_long, lambda i: f"expected {len(names)} {shown}-separated columns ({', '.join(names)}), found {found[i]}")
         lines = every[~bad]
         kept = RowChecker(chunk.path, lines, self.skip_bad_rows)
-        kept.skipped, kept.examples = checker.skipped, checker.examples
+        kept.skipped, kept.examples, kept.bad = checker.skipped, checker.examples, too_long[~bad]
+        if checking and not raw.isascii():
+            self._check_utf8(table, kept)
         return table, lines, kept
+
+    def _check_utf8(self, table, checker: RowChecker) -> None:  # type: ignore[no-untyped-def]
+        """Flag text values that are not UTF-8 (after the schema's ``encoding``): never a key of stray bytes."""
+        import pyarrow as pa
+
+        for name in table.column_names:
+            column = table.column(name).combine_chunks()
+            if not pa.types.is_binary(column.type):
+                continue
+            try:
+                column.cast(pa.string())
+            except pa.ArrowInvalid:
+                values = column.to_pylist()
+                bad = np.array([not _is_utf8(v) for v in values])
+                checker.flag(bad, lambda i: f"field {name}: {show_token(values[i])} is not UTF-8 text (undecodable bytes)")
 
     def _times(self, column, source: TimeSource, checker: Optional[RowChecker] = None, name: str = "") -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
         """A time column -> (float64 seconds since the epoch, valid mask); bad values flagged."""
@@ -374,14 +429,14 @@ class TabularReader(RowReader):
         text = pc.if_else(pa.array(missing), pa.scalar("0", pa.binary()), column.cast(pa.binary()))
         try:
             values = np.array(pc.cast(text.cast(pa.string()), pa.float64()).to_numpy(zero_copy_only=False))
-            ok = np.ones(n, dtype=bool)
         except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values, ok = np.zeros(n), np.ones(n, dtype=bool)
+            values = np.zeros(n)
             for i, v in enumerate(text.to_pylist()):
                 try:
                     values[i] = float(v)
                 except ValueError:
-                    ok[i] = False
+                    values[i] = np.nan
+        ok = np.isfinite(values)  # "nan" and "inf" in a text column are not numbers: a missing value is empty
         values[missing] = np.nan
         values[~ok] = np.nan
         return values, ok
@@ -428,12 +483,13 @@ class TabularReader(RowReader):
         n = table.num_rows
         rows_index = chunk.first_row + (lines - chunk.first_line)
         col = {name: table.column(name) for name in self.needed}
+        too_long = []
         for name, column in col.items():
             lengths = _byte_lengths(column.combine_chunks()) if isinstance(column, pa.ChunkedArray) else _byte_lengths(column)
-            if lengths is not None:
-                long = lengths > self.max_field_bytes
-                if long.any():
-                    checker.flag(long, lambda i, c=column, nm=name: f"field {nm}: {_shown(c[i].as_py())} is longer than the limit of {self.max_field_bytes:,} bytes (max_field_bytes)")
+            if lengths is not None and (lengths > self.max_field_bytes).any():
+                too_long.append((name, column, lengths > self.max_field_bytes))
+        for name, column, long in sorted(too_long, key=lambda t: int(np.argmax(t[2]))):  # earliest row first
+            checker.flag(long, lambda i, c=column, nm=name: f"field {nm}: {_shown(c[i].as_py())} is longer than the limit of {self.max_field_bytes:,} bytes (max_field_bytes)")
         labels, neutral = (None, np.zeros(n, dtype=bool))
         if self.labelled:
             labels, neutral = self._label(col[s.label.column], checker)
