@@ -3,9 +3,10 @@
 ``scripts/gpu_check.sh`` runs them (with the GPU benchmark) on an H100/H200; on a CPU machine
 every test here skips, so CI stays green. They run in one process at world size 1 over NCCL
 (one GPU; NCCL refuses two ranks on one device), which exercises the CUDA sharders, FBGEMM's
-CUDA kernels and NCCL collectives for every plan; with 2+ GPUs the row-wise MEAN check also
-spawns 2 ranks, where the upstream bugs (torchrec issues 2362, 2808: MEAN pooling of a table
-split by rows averages per shard) would show.
+CUDA kernels and NCCL collectives for every plan. At world size 1 a row-wise plan holds one
+shard, so the upstream bugs (torchrec issues 2362, 2808: MEAN pooling of a table split by rows
+over several ranks) cannot show here; what guards against them is the planner constraint
+checked below (the CPU suite's 2-rank gloo tests check the same plans across ranks).
 
 * SDPA (CUDA's attention path) against the looped per-head reference, forward and gradients,
   float32 and under bf16/fp16 autocast;
