@@ -178,11 +178,11 @@ def _fuxictr_model_class() -> Any:
 
 
 def _fuxictr(job: Dict[str, Any]) -> Dict[str, Any]:
+    _without_ray()
     from fuxictr.features import FeatureMap
     from fuxictr.pytorch.dataloaders import RankDataLoader
 
     logging.getLogger().setLevel(logging.WARNING)
-    _without_ray()
     data_dir = Path(job["data_dir"])
     spec = FeatureSpec.load(data_dir)
     tmp = Path(tempfile.mkdtemp(prefix="fuxictr-bench-"))

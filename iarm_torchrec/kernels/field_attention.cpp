@@ -133,7 +133,23 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, vf* a) {
     vf* ai = a + i * M;
     const vf* qi = q + i * stride;
     vf mx = splat(-3.0e38f);
-    for (int64_t j = 0; j < M; ++j) {
+    int64_t j = 0;
+    for (; j + 4 <= M; j += 4) {  // four independent FMA chains (one chain is latency-bound at d' = 32)
+      const vf *k0 = k + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+      vf s0 = qi[0] * k0[0], s1 = qi[0] * k1[0], s2 = qi[0] * k2[0], s3 = qi[0] * k3[0];
+      for (int t = 1; t < D; ++t) {
+        s0 += qi[t] * k0[t];
+        s1 += qi[t] * k1[t];
+        s2 += qi[t] * k2[t];
+        s3 += qi[t] * k3[t];
+      }
+      ai[j] = s0, ai[j + 1] = s1, ai[j + 2] = s2, ai[j + 3] = s3;
+      mx = s0 > mx ? s0 : mx;
+      mx = s1 > mx ? s1 : mx;
+      mx = s2 > mx ? s2 : mx;
+      mx = s3 > mx ? s3 : mx;
+    }
+    for (; j < M; ++j) {
       const vf* kj = k + j * stride;
       vf s = qi[0] * kj[0];
       for (int t = 1; t < D; ++t) s += qi[t] * kj[t];
@@ -150,20 +166,29 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, vf* a) {
   }
 }
 
+// Accumulators per pass: AVX-512 has 32 vector registers, so a pass keeps at most 16 output
+// vectors in flight (d' = 32 or 64 go in column chunks; every element is still summed over j in
+// the same order, so the results do not depend on the chunking).
+template <int D>
+constexpr int chunk(int most) { return D < most ? D : most; }
+
 // out_i = sum_j a_ij v_j (Eq. 9), written at out + i * out_stride.
 template <int D>
 void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t M, vf* a, vf* out,
                   int64_t out_stride) {
+  constexpr int T = chunk<D>(16);
   probabilities<D>(q, k, stride, M, a);
   for (int64_t i = 0; i < M; ++i) {
     const vf* ai = a + i * M;
-    vf acc[D];
-    for (int t = 0; t < D; ++t) acc[t] = vf{};
-    for (int64_t j = 0; j < M; ++j) {
-      const vf* vj = v + j * stride;
-      for (int t = 0; t < D; ++t) acc[t] += ai[j] * vj[t];
+    for (int c = 0; c < D; c += T) {
+      vf acc[T];
+      for (int t = 0; t < T; ++t) acc[t] = vf{};
+      for (int64_t j = 0; j < M; ++j) {
+        const vf* vj = v + j * stride + c;
+        for (int t = 0; t < T; ++t) acc[t] += ai[j] * vj[t];
+      }
+      for (int t = 0; t < T; ++t) out[i * out_stride + c + t] = acc[t];
     }
-    for (int t = 0; t < D; ++t) out[i * out_stride + t] = acc[t];
   }
 }
 
@@ -173,43 +198,64 @@ void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t
 template <int D>
 void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const vf* dout, int64_t out_stride,
                    int64_t M, vf* dq, vf* dk, vf* dv, vf* a, vf* ds) {
+  constexpr int T = chunk<D>(16), C = chunk<D>(8);
   probabilities<D>(q, k, stride, M, a);
   for (int64_t i = 0; i < M; ++i) {  // rows: dS_ij = a_ij (<dO_i, v_j> - sum_k a_ik <dO_i, v_k>), dQ_i
     const vf* ai = a + i * M;
     const vf* gi = dout + i * out_stride;
     vf* dsi = ds + i * M;
     vf dot = vf{};
-    for (int64_t j = 0; j < M; ++j) {
+    int64_t j = 0;
+    for (; j + 4 <= M; j += 4) {  // four independent chains, as in probabilities()
+      const vf *v0 = v + j * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+      vf g0 = gi[0] * v0[0], g1 = gi[0] * v1[0], g2 = gi[0] * v2[0], g3 = gi[0] * v3[0];
+      for (int t = 1; t < D; ++t) {
+        g0 += gi[t] * v0[t];
+        g1 += gi[t] * v1[t];
+        g2 += gi[t] * v2[t];
+        g3 += gi[t] * v3[t];
+      }
+      dsi[j] = g0, dsi[j + 1] = g1, dsi[j + 2] = g2, dsi[j + 3] = g3;
+      dot += ai[j] * g0;
+      dot += ai[j + 1] * g1;
+      dot += ai[j + 2] * g2;
+      dot += ai[j + 3] * g3;
+    }
+    for (; j < M; ++j) {
       const vf* vj = v + j * stride;
       vf g = gi[0] * vj[0];
       for (int t = 1; t < D; ++t) g += gi[t] * vj[t];
       dsi[j] = g;
       dot += ai[j] * g;
     }
-    vf acc[D];
-    for (int t = 0; t < D; ++t) acc[t] = vf{};
-    for (int64_t j = 0; j < M; ++j) {
-      dsi[j] = ai[j] * (dsi[j] - dot);
-      const vf* kj = k + j * stride;
-      for (int t = 0; t < D; ++t) acc[t] += dsi[j] * kj[t];
+    for (int64_t j = 0; j < M; ++j) dsi[j] = ai[j] * (dsi[j] - dot);
+    for (int c = 0; c < D; c += T) {
+      vf acc[T];
+      for (int t = 0; t < T; ++t) acc[t] = vf{};
+      for (int64_t j = 0; j < M; ++j) {
+        const vf* kj = k + j * stride + c;
+        for (int t = 0; t < T; ++t) acc[t] += dsi[j] * kj[t];
+      }
+      for (int t = 0; t < T; ++t) dq[i * stride + c + t] = acc[t];
     }
-    for (int t = 0; t < D; ++t) dq[i * stride + t] = acc[t];
   }
   for (int64_t j = 0; j < M; ++j) {  // columns: dV_j = sum_i a_ij dO_i, dK_j = sum_i dS_ij q_i
-    vf av[D], ak[D];
-    for (int t = 0; t < D; ++t) av[t] = ak[t] = vf{};
-    for (int64_t i = 0; i < M; ++i) {
-      const vf aij = a[i * M + j], sij = ds[i * M + j];
-      const vf* gi = dout + i * out_stride;
-      const vf* qi = q + i * stride;
-      for (int t = 0; t < D; ++t) {
-        av[t] += aij * gi[t];
-        ak[t] += sij * qi[t];
+    for (int c = 0; c < D; c += C) {
+      vf av[C], ak[C];
+      for (int t = 0; t < C; ++t) av[t] = ak[t] = vf{};
+      for (int64_t i = 0; i < M; ++i) {
+        const vf aij = a[i * M + j], sij = ds[i * M + j];
+        const vf* gi = dout + i * out_stride + c;
+        const vf* qi = q + i * stride + c;
+        for (int t = 0; t < C; ++t) {
+          av[t] += aij * gi[t];
+          ak[t] += sij * qi[t];
+        }
       }
-    }
-    for (int t = 0; t < D; ++t) {
-      dv[j * stride + t] = av[t];
-      dk[j * stride + t] = ak[t];
+      for (int t = 0; t < C; ++t) {
+        dv[j * stride + c + t] = av[t];
+        dk[j * stride + c + t] = ak[t];
+      }
     }
   }
 }
