@@ -20,6 +20,7 @@ Example::
     True
 """
 
+import hashlib
 import logging
 import os
 import shutil
@@ -69,7 +70,10 @@ def load() -> bool:
 
 def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"iarm_field_attention_{capability.lower()}"
+    # the source's hash in the name: two checkouts (or versions) of the project on one machine
+    # share TORCH_EXTENSIONS_DIR, and under one name each would rebuild over the other's build
+    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+    name = f"iarm_field_attention_{capability.lower()}_{digest}"
     try:
         from torch.utils.cpp_extension import load as load_extension
 
