@@ -43,10 +43,11 @@ def test_bf16_autocasts_the_dense_arches_only() -> None:
     bf16 = CTRTrain(test_gpu._config().build(torch.device("cpu")), "bf16", "cpu")
     bf16.load_state_dict(fp32.state_dict())
     seen = {}
-    bf16.model.interacting_arch.layers[0].qkv.register_forward_hook(lambda m, i, o: seen.update(qkv=o.dtype))
+    first = next(m for m in bf16.model.interest_arch.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, i, o: seen.update(linear=o.dtype))
     batch = test_gpu._batch(256, 0, torch.device("cpu"))
     loss, (_, logits, _) = bf16(batch)
-    assert seen["qkv"] == torch.bfloat16
+    assert seen["linear"] == torch.bfloat16
     assert logits.dtype == torch.float32 and loss.dtype == torch.float32
     loss.backward()
     assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in bf16.parameters())
