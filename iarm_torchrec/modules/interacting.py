@@ -84,7 +84,12 @@ def attention_with_residual(
     GEMM (``d -> 4 H d'``) whose output the kernel reads in place, adding the residual columns
     itself; its backward returns the whole ``4 H d'`` gradient, so the backward is one GEMM for
     the input's gradient and one for the weight's. Elsewhere (CUDA, float64, other head sizes)
-    the two projections and :func:`multi_head_attention`, as before. A ``torch.fx`` leaf."""
+    the two projections and :func:`multi_head_attention`, as before. A ``torch.fx`` leaf.
+
+    Not used by :class:`InteractingLayer`: side by side (d'=32, B=1024, one layer forward +
+    backward, 1 thread, alternating) it was no faster than the two projections (147.9 vs 147.1
+    ms; 286 vs 231 in a noisier run), because the residual columns, gathered lane-major with
+    q/k/v, grow the kernel's per-block working set past L2 (docs/performance.md)."""
     if (
         fields.device.type == "cpu"
         and fields.dtype == torch.float32
@@ -195,13 +200,11 @@ class InteractingLayer(nn.Module):
             out = self.residual(fields)  # IRM: no Eq. 7-10
         else:
             dropout = self.attention_dropout if self.training else 0.0
-            if self.residual is not None and not self.scaled_attention and dropout == 0:
-                # Eq. 7-11 (before the ReLU) from one GEMM for Q, K, V and W_Res where the CPU kernel applies
-                out = attention_with_residual(fields, self.qkv.weight, self.residual.weight, self.num_heads, self.head_dim)
-            else:
-                out = multi_head_attention(self._projections(fields), self.num_heads, self.head_dim, dropout)  # Eq. 7-10
-                if self.residual is not None:
-                    out = out + self.residual(fields)
+            # (attention_with_residual, one GEMM for Q, K, V and W_Res, measured no faster at d'=32 on
+            # CPU: the residual columns grow the kernel's per-block working set; docs/performance.md)
+            out = multi_head_attention(self._projections(fields), self.num_heads, self.head_dim, dropout)  # Eq. 7-10
+            if self.residual is not None:
+                out = out + self.residual(fields)
         if self.layer_norm is not None:
             out = self.layer_norm(out)
         return torch.relu(out)
