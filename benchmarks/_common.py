@@ -117,3 +117,27 @@ def _cpu_attention() -> str:
     if field_attention.kernel_enabled():
         return f"compiled kernel ({torch.backends.cpu.get_cpu_capability()})"
     return "ATen bmm + softmax"
+
+
+def gemm_rates(size: int = 2048, seconds: float = 1.5) -> Dict[str, Any]:
+    """This machine's arithmetic limit on torch's current threads: GFLOP/s of a ``size`` cubed
+    matrix product (``2 size^3`` FLOP) in float32 and in bfloat16, each the best of the
+    ~0.1 s windows in ``seconds`` (the best, because the limit is what the cores can do when the
+    shared machine lets them; the median is kept too)."""
+    out: Dict[str, Any] = {"size": size, "threads": torch.get_num_threads()}
+    for name, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        a = torch.randn(size, size).to(dtype)
+        b = torch.randn(size, size).to(dtype)
+        c = torch.mm(a, b)  # warm-up (MKL/oneDNN kernel selection)
+        flop = 2.0 * size**3
+        rates: List[float] = []
+        end = time.perf_counter() + seconds
+        while time.perf_counter() < end or len(rates) < 3:
+            t0, n = time.perf_counter(), 0
+            while n == 0 or time.perf_counter() - t0 < 0.1:
+                torch.mm(a, b, out=c)
+                n += 1
+            rates.append(n * flop / (time.perf_counter() - t0) / 1e9)
+        out[f"{name}_gflops"] = max(rates)
+        out[f"{name}_gflops_median"] = statistics.median(rates)
+    return out

@@ -24,17 +24,18 @@ from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import evaluate
 from iarm_torchrec.train.settings import TrainSettings
 from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
-from iarm_torchrec.train.trainer import model_settings_for
+from iarm_torchrec.models.field_model import FieldModel
 
 
 def build(data_dir: Path, settings: TrainSettings, env: DistEnv) -> Any:
     """The sharded training model and its pipeline, exactly as :class:`~iarm_torchrec.train.trainer.Trainer` makes them."""
     spec = FeatureSpec.load(data_dir)
-    config = make_config(
-        settings.model, spec.to_feature_config(settings.embedding_dim), **model_settings_for(settings.model, settings)
-    )
+    config = make_config(settings.model, spec.to_feature_config(settings.embedding_dim), **settings.model_config)
     torch.manual_seed(settings.seed)
-    model = CTRTrain(config.build(torch.device("meta")))
+    bare = config.build(torch.device("meta"))
+    if isinstance(bare, FieldModel):
+        bare.start_at_click_rate(spec.click_rate("train"))
+    model = CTRTrain(bare, settings.precision, env.device.type)
     tables = table_configs(model)
     sharded = shard_model(model, env, settings.optimizer_settings())
     init_tables(sharded.model, tables, settings.seed)
@@ -56,15 +57,14 @@ def _run(job: Dict[str, Any], env: DistEnv) -> Dict[str, Any]:
     settings = TrainSettings(
         model=job["model"],
         embedding_dim=job["embedding_dim"],
-        num_layers=job["num_layers"],
-        num_heads=job["num_heads"],
-        head_dim=job["head_dim"],
+        model_config={"num_layers": job["num_layers"], "num_heads": job["num_heads"], "head_dim": job["head_dim"]},
         batch_size=job["batch_size"],
         dense_optimizer="adam",
         lr=job["lr"],
         sparse_optimizer=job["sparse_optimizer"],
         sparse_lr=job["sparse_lr"],
         seed=job["seed"],
+        precision=job.get("precision", "fp32"),
     )
     sharded, pipeline = build(data_dir, settings, env)
     local_batch = settings.batch_size // env.world_size

@@ -104,7 +104,31 @@ def _deepctr(job: Dict[str, Any]) -> Dict[str, Any]:
     return out
 
 
+def _without_ray() -> None:
+    """FuxiCTR 2.3.10 imports ``ray`` at import time for its parquet loader and its preprocessing,
+    neither of which the benchmark uses (it feeds ``.npz`` through ``NpzDataLoader``). Where ray
+    (a large install) is absent, empty stand-in modules let ``import fuxictr...`` succeed; any
+    actual use of ray would fail loudly (AttributeError)."""
+    import importlib.machinery
+    import importlib.util
+    import sys
+    import types
+
+    if "ray" in sys.modules or importlib.util.find_spec("ray") is not None:
+        return
+    names = ["ray", "ray.data", "ray.data.datasource", "ray.data.datasource.filename_provider"]
+    modules = {name: types.ModuleType(name) for name in names}
+    for name, module in modules.items():
+        module.__spec__ = importlib.machinery.ModuleSpec(name, None)
+        # `from ray.data import SaveMode` and the like: a placeholder class per imported name
+        module.__getattr__ = lambda attr, _n=name: type(attr, (), {"__module__": _n})  # type: ignore[attr-defined]
+    for parent, child in zip(names, names[1:]):
+        setattr(modules[parent], child.rsplit(".", 1)[1], modules[child])
+    sys.modules.update(modules)
+
+
 def _fuxictr_model_class() -> Any:
+    _without_ray()
     from fuxictr.pytorch.layers import FeatureEmbedding, MLP_Block, ScaledDotProductAttention
     from fuxictr.pytorch.models import BaseModel
 
@@ -154,6 +178,7 @@ def _fuxictr_model_class() -> Any:
 
 
 def _fuxictr(job: Dict[str, Any]) -> Dict[str, Any]:
+    _without_ray()
     from fuxictr.features import FeatureMap
     from fuxictr.pytorch.dataloaders import RankDataLoader
 

@@ -115,8 +115,9 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
     env = DistEnv.from_environment("cpu")
     try:
         settings = TrainSettings(
-            model=job["model"], embedding_dim=job["embedding_dim"], num_layers=job["num_layers"],
-            num_heads=job["num_heads"], head_dim=job["head_dim"], batch_size=job["batch_size"], lr=job["lr"],
+            model=job["model"], embedding_dim=job["embedding_dim"],
+            model_config={"num_layers": job["num_layers"], "num_heads": job["num_heads"], "head_dim": job["head_dim"]},
+            precision=job.get("precision", "fp32"), batch_size=job["batch_size"], lr=job["lr"],
             sparse_optimizer=job["sparse_optimizer"], sparse_lr=job["sparse_lr"], seed=job["seed"],
         )
         sharded, pipeline = _ours.build(Path(job["data_dir"]), settings, env)
@@ -163,16 +164,17 @@ if __name__ == "__main__":
     p.add_argument("--sparse-optimizer", default="rowwise_adagrad")
     p.add_argument("--batch-size", type=int, default=1024)
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--head-dim", type=int, default=8)
+    p.add_argument("--head-dim", type=int, default=32, help="per head (default 32: the model's default, the paper's size)")
+    p.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     p.add_argument("--steps", type=int, default=20)
     p.add_argument("--out", help="JSON file to write")
     a = p.parse_args()
     job = {"model": a.model, "data_dir": a.data_dir, "batch_size": a.batch_size, "threads": a.threads, "seed": 0,
            "embedding_dim": 16, "num_layers": 3, "num_heads": 2, "head_dim": a.head_dim, "lr": 1e-3,
            "sparse_optimizer": a.sparse_optimizer, "sparse_lr": 1e-3 if a.sparse_optimizer == "adam" else 0.05,
-           "warmup": 5, "steps": a.steps}
+           "warmup": 5, "steps": a.steps, "precision": a.precision}
     r = run(job)
-    print(markdown(r, f"{a.model} B={a.batch_size} {a.sparse_optimizer} {a.threads} threads"))
+    print(markdown(r, f"{a.model} B={a.batch_size} d'={a.head_dim} {a.precision} {a.sparse_optimizer} {a.threads} threads"))
     print("\ntop ops:")
     for o in r["top_ops"]:
         print(f"  {o['ms_per_step']:8.2f} ms/step  {o['calls_per_step']:6.1f} calls  {o['op']}")

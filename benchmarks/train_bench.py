@@ -51,7 +51,11 @@ OURS = {
     "autoint_adam": ("autoint", "adam"),
     "deepfm_adam": ("deepfm", "adam"),
     "iarm_rwadagrad_aten": ("iarm", "rowwise_adagrad"),
+    "iarm_rwadagrad_bf16": ("iarm", "rowwise_adagrad"),
+    "autoint_rwadagrad_bf16": ("autoint", "rowwise_adagrad"),
 }
+# runners of ours whose dense arches run under bf16 autocast (TrainSettings.precision)
+BF16 = {"iarm_rwadagrad_bf16", "autoint_rwadagrad_bf16"}
 # runners of ours that attend with ATen's bmm + softmax instead of the compiled CPU kernel
 ATEN_ATTENTION = {"iarm_rwadagrad_aten"}
 PEERS = {
@@ -113,6 +117,10 @@ def worker(job_file: str, result_file: str) -> None:
         import _peers
 
         result = _peers.run(job)
+    elif job["model"] == "gemm":
+        from _common import gemm_rates
+
+        result = gemm_rates(job["size"], job.get("seconds", 1.5))
     elif job["model"] == "loader":
         import _ours
 
@@ -187,7 +195,8 @@ def job_for(args: argparse.Namespace, runner: str, data_dir: Path, batch_size: i
         model, sparse = OURS[runner]
         job.update(model=model, runner=runner, sparse_optimizer=sparse,
                    sparse_lr=args.lr if sparse == "adam" else args.rowwise_adagrad_lr,
-                   cpu_attention="aten" if runner in ATEN_ATTENTION else "kernel")
+                   cpu_attention="aten" if runner in ATEN_ATTENTION else "kernel",
+                   precision="bf16" if runner in BF16 else "fp32")
     return job
 
 

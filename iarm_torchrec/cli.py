@@ -94,12 +94,16 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where to write one click probability per line")
     parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
     parser.add_argument("--batch-size", type=int, default=4096)
+    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                        help="the dense arches' compute type while scoring: bf16 autocast (CPUs with AVX512-BF16/AMX, "
+                        "GPUs) or fp32 (default); the attention and the embeddings stay float32")
 
 
 def _predict(args: argparse.Namespace) -> int:
     from iarm_torchrec.inference.predict import predict
 
-    scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size)
+    scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size,
+                     precision=args.precision)
     print(f"{len(scores)} scores written to {args.out}")
     return 0
 

@@ -40,7 +40,7 @@ def _scorer(model_file: PathLike, data_dir: Path) -> Tuple[Scorer, str]:
     payload = read_export(model_file)
     model = model_from_payload(payload)
     write_data_files(payload, data_dir)
-    return (lambda dense, kjt: torch.sigmoid(model(dense, kjt))), "export"
+    return (lambda dense, kjt: torch.sigmoid(model(dense, kjt).float())), "export"
 
 
 def predict(
@@ -50,9 +50,13 @@ def predict(
     labelled: bool = True,
     batch_size: int = 4096,
     progress: bool = True,
+    precision: str = "fp32",
 ) -> torch.Tensor:
     """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``, one
-    line per input row) and return them."""
+    line per input row) and return them. ``precision="bf16"`` scores under bf16 autocast (the
+    dense arches' matrix products), as training's ``--precision bf16``."""
+    if precision not in ("fp32", "bf16"):
+        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
         data_dir = Path(tmp) / "data"
         score, _ = _scorer(model_file, data_dir)
@@ -61,9 +65,9 @@ def predict(
         _report_neutral(spec, str(input_file))
         loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
         scores = []
-        with torch.no_grad():
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-                probabilities = score(batch.dense_features, batch.sparse_features)
+                probabilities = score(batch.dense_features, batch.sparse_features).float()
                 scores.append(probabilities[batch.labels != PADDING_LABEL])
         result = torch.cat(scores)
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))

@@ -133,7 +133,23 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, vf* a) {
     vf* ai = a + i * M;
     const vf* qi = q + i * stride;
     vf mx = splat(-3.0e38f);
-    for (int64_t j = 0; j < M; ++j) {
+    int64_t j = 0;
+    for (; j + 4 <= M; j += 4) {  // four independent FMA chains (one chain is latency-bound at d' = 32)
+      const vf *k0 = k + j * stride, *k1 = k0 + stride, *k2 = k1 + stride, *k3 = k2 + stride;
+      vf s0 = qi[0] * k0[0], s1 = qi[0] * k1[0], s2 = qi[0] * k2[0], s3 = qi[0] * k3[0];
+      for (int t = 1; t < D; ++t) {
+        s0 += qi[t] * k0[t];
+        s1 += qi[t] * k1[t];
+        s2 += qi[t] * k2[t];
+        s3 += qi[t] * k3[t];
+      }
+      ai[j] = s0, ai[j + 1] = s1, ai[j + 2] = s2, ai[j + 3] = s3;
+      mx = s0 > mx ? s0 : mx;
+      mx = s1 > mx ? s1 : mx;
+      mx = s2 > mx ? s2 : mx;
+      mx = s3 > mx ? s3 : mx;
+    }
+    for (; j < M; ++j) {
       const vf* kj = k + j * stride;
       vf s = qi[0] * kj[0];
       for (int t = 1; t < D; ++t) s += qi[t] * kj[t];
@@ -150,20 +166,29 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, vf* a) {
   }
 }
 
+// Accumulators per pass: AVX-512 has 32 vector registers, so a pass keeps at most 16 output
+// vectors in flight (d' = 32 or 64 go in column chunks; every element is still summed over j in
+// the same order, so the results do not depend on the chunking).
+template <int D>
+constexpr int chunk(int most) { return D < most ? D : most; }
+
 // out_i = sum_j a_ij v_j (Eq. 9), written at out + i * out_stride.
 template <int D>
 void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t M, vf* a, vf* out,
                   int64_t out_stride) {
+  constexpr int T = chunk<D>(16);
   probabilities<D>(q, k, stride, M, a);
   for (int64_t i = 0; i < M; ++i) {
     const vf* ai = a + i * M;
-    vf acc[D];
-    for (int t = 0; t < D; ++t) acc[t] = vf{};
-    for (int64_t j = 0; j < M; ++j) {
-      const vf* vj = v + j * stride;
-      for (int t = 0; t < D; ++t) acc[t] += ai[j] * vj[t];
+    for (int c = 0; c < D; c += T) {
+      vf acc[T];
+      for (int t = 0; t < T; ++t) acc[t] = vf{};
+      for (int64_t j = 0; j < M; ++j) {
+        const vf* vj = v + j * stride + c;
+        for (int t = 0; t < T; ++t) acc[t] += ai[j] * vj[t];
+      }
+      for (int t = 0; t < T; ++t) out[i * out_stride + c + t] = acc[t];
     }
-    for (int t = 0; t < D; ++t) out[i * out_stride + t] = acc[t];
   }
 }
 
@@ -173,51 +198,73 @@ void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t
 template <int D>
 void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const vf* dout, int64_t out_stride,
                    int64_t M, vf* dq, vf* dk, vf* dv, vf* a, vf* ds) {
+  constexpr int T = chunk<D>(16), C = chunk<D>(8);
   probabilities<D>(q, k, stride, M, a);
   for (int64_t i = 0; i < M; ++i) {  // rows: dS_ij = a_ij (<dO_i, v_j> - sum_k a_ik <dO_i, v_k>), dQ_i
     const vf* ai = a + i * M;
     const vf* gi = dout + i * out_stride;
     vf* dsi = ds + i * M;
     vf dot = vf{};
-    for (int64_t j = 0; j < M; ++j) {
+    int64_t j = 0;
+    for (; j + 4 <= M; j += 4) {  // four independent chains, as in probabilities()
+      const vf *v0 = v + j * stride, *v1 = v0 + stride, *v2 = v1 + stride, *v3 = v2 + stride;
+      vf g0 = gi[0] * v0[0], g1 = gi[0] * v1[0], g2 = gi[0] * v2[0], g3 = gi[0] * v3[0];
+      for (int t = 1; t < D; ++t) {
+        g0 += gi[t] * v0[t];
+        g1 += gi[t] * v1[t];
+        g2 += gi[t] * v2[t];
+        g3 += gi[t] * v3[t];
+      }
+      dsi[j] = g0, dsi[j + 1] = g1, dsi[j + 2] = g2, dsi[j + 3] = g3;
+      dot += ai[j] * g0;
+      dot += ai[j + 1] * g1;
+      dot += ai[j + 2] * g2;
+      dot += ai[j + 3] * g3;
+    }
+    for (; j < M; ++j) {
       const vf* vj = v + j * stride;
       vf g = gi[0] * vj[0];
       for (int t = 1; t < D; ++t) g += gi[t] * vj[t];
       dsi[j] = g;
       dot += ai[j] * g;
     }
-    vf acc[D];
-    for (int t = 0; t < D; ++t) acc[t] = vf{};
-    for (int64_t j = 0; j < M; ++j) {
-      dsi[j] = ai[j] * (dsi[j] - dot);
-      const vf* kj = k + j * stride;
-      for (int t = 0; t < D; ++t) acc[t] += dsi[j] * kj[t];
+    for (int64_t j = 0; j < M; ++j) dsi[j] = ai[j] * (dsi[j] - dot);
+    for (int c = 0; c < D; c += T) {
+      vf acc[T];
+      for (int t = 0; t < T; ++t) acc[t] = vf{};
+      for (int64_t j = 0; j < M; ++j) {
+        const vf* kj = k + j * stride + c;
+        for (int t = 0; t < T; ++t) acc[t] += dsi[j] * kj[t];
+      }
+      for (int t = 0; t < T; ++t) dq[i * stride + c + t] = acc[t];
     }
-    for (int t = 0; t < D; ++t) dq[i * stride + t] = acc[t];
   }
   for (int64_t j = 0; j < M; ++j) {  // columns: dV_j = sum_i a_ij dO_i, dK_j = sum_i dS_ij q_i
-    vf av[D], ak[D];
-    for (int t = 0; t < D; ++t) av[t] = ak[t] = vf{};
-    for (int64_t i = 0; i < M; ++i) {
-      const vf aij = a[i * M + j], sij = ds[i * M + j];
-      const vf* gi = dout + i * out_stride;
-      const vf* qi = q + i * stride;
-      for (int t = 0; t < D; ++t) {
-        av[t] += aij * gi[t];
-        ak[t] += sij * qi[t];
+    for (int c = 0; c < D; c += C) {
+      vf av[C], ak[C];
+      for (int t = 0; t < C; ++t) av[t] = ak[t] = vf{};
+      for (int64_t i = 0; i < M; ++i) {
+        const vf aij = a[i * M + j], sij = ds[i * M + j];
+        const vf* gi = dout + i * out_stride + c;
+        const vf* qi = q + i * stride + c;
+        for (int t = 0; t < C; ++t) {
+          av[t] += aij * gi[t];
+          ak[t] += sij * qi[t];
+        }
       }
-    }
-    for (int t = 0; t < D; ++t) {
-      dv[j * stride + t] = av[t];
-      dk[j * stride + t] = ak[t];
+      for (int t = 0; t < C; ++t) {
+        dv[j * stride + c + t] = av[t];
+        dk[j * stride + c + t] = ak[t];
+      }
     }
   }
 }
 
-// Block of LANES samples per task; qkv columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide.
+// Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide, and with
+// `residual` then [r] (H D wide, W_Res e_m from the same GEMM), added to the attention output.
 template <int D>
-void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
-  const int64_t C = 3 * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
+void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out, bool residual) {
+  const int64_t C = (residual ? 4 : 3) * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(M * C), ob(M * O), a(M * M);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -227,14 +274,17 @@ void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
       for (int64_t h = 0; h < H; ++h)
         forward_head<D>(xb.data() + h * D, xb.data() + (H + h) * D, xb.data() + (2 * H + h) * D, C, M, a.data(),
                         ob.data() + h * D, O);
+      if (residual)
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t t = 0; t < O; ++t) ob[i * O + t] += xb[i * C + 3 * O + t];
       scatter(ob.data(), M * O, valid, out + b0 * M * O, M * O);
     }
   });
 }
 
 template <int D>
-void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad) {
-  const int64_t C = 3 * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
+void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad, bool residual) {
+  const int64_t C = (residual ? 4 : 3) * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(M * C), gb(M * O), db(M * C), a(M * M), ds(M * M);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -246,6 +296,9 @@ void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64
         backward_head<D>(xb.data() + h * D, xb.data() + (H + h) * D, xb.data() + (2 * H + h) * D, C,
                          gb.data() + h * D, O, M, db.data() + h * D, db.data() + (H + h) * D,
                          db.data() + (2 * H + h) * D, a.data(), ds.data());
+      if (residual)  // d(out)/d(r) is the identity
+        for (int64_t i = 0; i < M; ++i)
+          for (int64_t t = 0; t < O; ++t) db[i * C + 3 * O + t] = gb[i * O + t];
       scatter(db.data(), M * C, valid, grad + b0 * M * C, M * C);
     }
   });
@@ -261,33 +314,51 @@ void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64
     default: TORCH_CHECK(false, "field attention: head_dim must be one of 4, 8, 16, 32, 64, got ", d); \
   }
 
-void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
+void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim, int64_t parts = 3) {
   TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 3,
-              "field attention: qkv must be a float32 CPU tensor B x M x 3Hd, got ", qkv.scalar_type(), " ", qkv.sizes());
-  TORCH_CHECK(heads > 0 && qkv.size(2) == 3 * heads * head_dim, "field attention: qkv's last dimension ", qkv.size(2),
-              " is not 3 * heads (", heads, ") * head_dim (", head_dim, ")");
+              "field attention: qkv must be a float32 CPU tensor B x M x ", parts, "Hd, got ", qkv.scalar_type(), " ", qkv.sizes());
+  TORCH_CHECK(heads > 0 && qkv.size(2) == parts * heads * head_dim, "field attention: qkv's last dimension ", qkv.size(2),
+              " is not ", parts, " * heads (", heads, ") * head_dim (", head_dim, ")");
 }
 
-// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd.
-at::Tensor field_attention_forward(const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
-  check_qkv(qkv_in, heads, head_dim);
+// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd; with `residual`,
+// B x M x 4Hd whose last Hd columns are added to the output.
+at::Tensor forward_impl(const at::Tensor& qkv_in, int64_t heads, int64_t head_dim, bool residual) {
+  check_qkv(qkv_in, heads, head_dim, residual ? 4 : 3);
   const at::Tensor qkv = qkv_in.contiguous();
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1), heads * head_dim}, qkv.options());
-  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<float>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<float>());
+  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<float>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<float>(),
+                    residual);
   return out;
 }
 
 // d(loss)/d(qkv) from d(loss)/d(out).
-at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
-  check_qkv(qkv_in, heads, head_dim);
+at::Tensor backward_impl(const at::Tensor& grad_out, const at::Tensor& qkv_in, int64_t heads, int64_t head_dim,
+                         bool residual) {
+  check_qkv(qkv_in, heads, head_dim, residual ? 4 : 3);
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor gout = grad_out.contiguous();
   const int64_t B = qkv.size(0), M = qkv.size(1);
   TORCH_CHECK(gout.sizes() == at::IntArrayRef({B, M, heads * head_dim}), "field attention: grad_out is ", gout.sizes(),
               ", expected ", at::IntArrayRef({B, M, heads * head_dim}));
   at::Tensor grad = at::empty_like(qkv);
-  DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<float>(), gout.data_ptr<float>(), B, M, heads, grad.data_ptr<float>());
+  DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<float>(), gout.data_ptr<float>(), B, M, heads,
+                    grad.data_ptr<float>(), residual);
   return grad;
+}
+
+at::Tensor field_attention_forward(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
+  return forward_impl(qkv, heads, head_dim, false);
+}
+at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
+  return backward_impl(grad_out, qkv, heads, head_dim, false);
+}
+at::Tensor field_attention_residual_forward(const at::Tensor& y, int64_t heads, int64_t head_dim) {
+  return forward_impl(y, heads, head_dim, true);
+}
+at::Tensor field_attention_residual_backward(const at::Tensor& grad_out, const at::Tensor& y, int64_t heads,
+                                             int64_t head_dim) {
+  return backward_impl(grad_out, y, heads, head_dim, true);
 }
 
 }  // namespace
@@ -295,9 +366,13 @@ at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor
 TORCH_LIBRARY(iarm, m) {
   m.def("field_attention_forward(Tensor qkv, int heads, int head_dim) -> Tensor");
   m.def("field_attention_backward(Tensor grad_out, Tensor qkv, int heads, int head_dim) -> Tensor");
+  m.def("field_attention_residual_forward(Tensor y, int heads, int head_dim) -> Tensor");
+  m.def("field_attention_residual_backward(Tensor grad_out, Tensor y, int heads, int head_dim) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(iarm, CPU, m) {
   m.impl("field_attention_forward", &field_attention_forward);
   m.impl("field_attention_backward", &field_attention_backward);
+  m.impl("field_attention_residual_forward", &field_attention_residual_forward);
+  m.impl("field_attention_residual_backward", &field_attention_residual_backward);
 }

@@ -20,6 +20,7 @@ Example::
     True
 """
 
+import hashlib
 import logging
 import os
 import shutil
@@ -69,7 +70,10 @@ def load() -> bool:
 
 def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
-    name = f"iarm_field_attention_{capability.lower()}"
+    # the source's hash in the name: two checkouts (or versions) of the project on one machine
+    # share TORCH_EXTENSIONS_DIR, and under one name each would rebuild over the other's build
+    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+    name = f"iarm_field_attention_{capability.lower()}_{digest}"
     try:
         from torch.utils.cpp_extension import load as load_extension
 
@@ -146,3 +150,30 @@ def field_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.T
     side by side, with ``alpha = softmax_k <q_m, k_k>`` (plain inner product, no scale).
     Call only where :func:`kernel_applies` is True."""
     return _FieldAttention.apply(qkv, num_heads, head_dim)
+
+
+class _FieldAttentionResidual(torch.autograd.Function):
+    """Autograd for the kernel with the residual: ``y`` is ``B x M x 4Hd``, ``[q | k | v | r]``."""
+
+    @staticmethod
+    def forward(ctx: Any, y: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+        out = torch.ops.iarm.field_attention_residual_forward(y, num_heads, head_dim)
+        ctx.save_for_backward(y)
+        ctx.num_heads, ctx.head_dim = num_heads, head_dim
+        return out
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[torch.Tensor, None, None]:
+        (y,) = ctx.saved_tensors
+        grad = torch.ops.iarm.field_attention_residual_backward(grad_out, y, ctx.num_heads, ctx.head_dim)
+        return grad, None, None
+
+
+def field_attention_residual(y: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
+    """:func:`field_attention` plus the residual, from one fused projection: ``y`` is
+    ``B x M x 4Hd``, columns ``[q_1..q_H, k_1..k_H, v_1..v_H, r]`` with ``r = W_Res e_m``; returns
+    ``sum_k alpha_{m,k} v_k + r_m`` (Eq. 10-11 before the ReLU), ``B x M x H d'``. The backward
+    writes ``d y`` whole (``d r`` is the output's gradient), so the one GEMM that made ``y`` is
+    also the only one of its backward. Call only where :func:`kernel_applies` is True."""
+    return _FieldAttentionResidual.apply(y, num_heads, head_dim)

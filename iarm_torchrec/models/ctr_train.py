@@ -1,10 +1,26 @@
 """The training wrapper shared by every CTR model: log loss (paper Eq. 13)."""
 
-from typing import Tuple
+from typing import Optional, Tuple
 
 import torch
 from torch import nn
 from torchrec.datasets.utils import Batch
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""The dense arches' compute precisions (:class:`CTRTrain`'s ``precision``)."""
+AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def check_precision(precision: str, device: str = "") -> None:
+    """Refuse an unknown precision, and ``fp16`` on CPU (``device`` ``cpu``)."""
+    if precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
+    if precision == "fp16" and device == "cpu":
+        raise ValueError(
+            "precision fp16 is for CUDA: CPU autocast to float16 has no fast kernels here; use bf16 on CPU "
+            "(AVX512-BF16/AMX hardware) or fp32"
+        )
 
 
 class CTRTrain(nn.Module):
@@ -16,6 +32,14 @@ class CTRTrain(nn.Module):
 
     Args:
         model: a CTR model returning ``B`` logits.
+        precision: ``fp32`` (the default: everything in float32), or ``bf16`` / ``fp16``: the
+            model's forward runs under ``torch.autocast`` in that type (the dense arches'
+            matrix products; embedding lookups, FBGEMM's kernels and the CPU attention kernel
+            stay float32), while the parameters (master weights), the logits and the loss stay
+            float32. ``fp16`` is for CUDA only (CPU autocast has no float16 benefit).
+        device_type: where the model will run (``cpu`` or ``cuda``), for ``torch.autocast``;
+            given up front because TorchRec's pipeline traces ``forward`` with ``torch.fx``,
+            where the batch's device is not known. Default: ``cuda`` when available.
 
     Example::
 
@@ -33,10 +57,13 @@ class CTRTrain(nn.Module):
         (True, torch.Size([2]))
     """
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, precision: str = "fp32", device_type: Optional[str] = None) -> None:
         super().__init__()
+        self.device_type: str = device_type or ("cuda" if torch.cuda.is_available() else "cpu")
+        check_precision(precision, self.device_type)
         self.model: nn.Module = model
         self.loss_fn: nn.Module = nn.BCEWithLogitsLoss()
+        self.precision: str = precision
 
     def forward(self, batch: Batch) -> Tuple[torch.Tensor, Tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
         """
@@ -46,6 +73,11 @@ class CTRTrain(nn.Module):
         Returns:
             ``(loss, (loss, logits, labels))``, the inner three detached.
         """
-        logits = self.model(batch.dense_features, batch.sparse_features)
+        if self.precision == "fp32":
+            logits = self.model(batch.dense_features, batch.sparse_features)
+        else:
+            with torch.autocast(self.device_type, dtype=AUTOCAST_DTYPES[self.precision]):
+                logits = self.model(batch.dense_features, batch.sparse_features)
+            logits = logits.float()
         loss = self.loss_fn(logits, batch.labels.float())
         return loss, (loss.detach(), logits.detach(), batch.labels.detach())

@@ -165,7 +165,7 @@ def _build(
     bare = model_config.build(torch.device("meta"))
     if isinstance(bare, FieldModel):
         bare.start_at_click_rate(spec.click_rate("train"))
-    model = CTRTrain(bare)
+    model = CTRTrain(bare, settings.precision, env.device.type)
     tables = table_configs(model)
     sharded = shard_model(model, env, settings.optimizer_settings())
     init_tables(sharded.model, tables, settings.seed)

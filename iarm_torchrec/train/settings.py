@@ -47,6 +47,8 @@ DATASETS = ("synthetic", *RAW_DATASETS)
 DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
+PRECISIONS = ("fp32", "bf16", "fp16")
+"""``--precision``: the dense arches' compute type (:mod:`iarm_torchrec.models.ctr_train`)."""
 MONITORS = ("auc", "logloss")
 """Validation metrics that can pick the best epoch (``auc`` higher, ``logloss`` lower is better)."""
 SETTINGS_FILE = "settings.json"
@@ -114,6 +116,9 @@ class TrainSettings:
         device: ``auto`` (CUDA when available), ``cpu`` or ``cuda``.
         max_steps_per_epoch: cut each epoch short after this many steps (0: whole epoch);
             for smoke runs and benchmarks.
+        precision: the dense arches' compute type: ``fp32`` (default), ``bf16`` (autocast;
+            CPUs with AVX512-BF16/AMX and GPUs) or ``fp16`` (autocast, CUDA only); parameters,
+            logits and loss stay float32 (:class:`~iarm_torchrec.models.ctr_train.CTRTrain`).
     """
 
     dataset: str = "synthetic"
@@ -149,8 +154,10 @@ class TrainSettings:
     synthetic_rows: int = 100_000
     device: str = "auto"
     max_steps_per_epoch: int = 0
+    precision: str = "fp32"
 
     def __post_init__(self) -> None:
+        check_choice("precision", self.precision, PRECISIONS)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("model", self.model, MODEL_NAMES)
         check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
@@ -387,6 +394,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g.add_argument("--device", choices=DEVICES, help=f"(default {d.device})")
     g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs; default: whole epochs)")
+    g.add_argument("--precision", choices=PRECISIONS, help="dense arches' compute type: fp32 (default), bf16 autocast "
+                   "(CPUs with AVX512-BF16/AMX, GPUs) or fp16 autocast (CUDA only); weights, logits and loss stay fp32")
 
 
 def _comma_ints(text: str) -> List[int]:

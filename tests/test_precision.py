@@ -1,0 +1,75 @@
+"""The ``precision`` training setting: bf16/fp16 autocast of the dense arches, fp32 weights, logits and loss."""
+
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+import torch
+
+from iarm_torchrec.kernels.field_attention import kernel_enabled
+from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.modules.interacting import matmul_attention, multi_head_attention
+from iarm_torchrec.train.settings import TrainSettings
+
+sys.path.insert(0, str(Path(__file__).parent))
+import test_gpu  # noqa: E402  (its model, batches and pipeline helper run on CPU too)
+
+
+def test_setting_and_flag() -> None:
+    assert TrainSettings().precision == "fp32"
+    assert TrainSettings.from_args(["--precision", "bf16"]).precision == "bf16"
+    with pytest.raises(ValueError, match="precision"):
+        TrainSettings(precision="fp8")
+
+
+def test_fp16_refused_on_cpu() -> None:
+    with pytest.raises(ValueError, match="fp16 is for CUDA"):
+        CTRTrain(test_gpu._config().build(torch.device("cpu")), "fp16", "cpu")
+
+
+def test_fp32_is_unchanged_by_default() -> None:
+    torch.manual_seed(0)
+    a = CTRTrain(test_gpu._config().build(torch.device("cpu")))
+    torch.manual_seed(0)
+    b = CTRTrain(test_gpu._config().build(torch.device("cpu")), "fp32", "cpu")
+    batch = test_gpu._batch(64, 0, torch.device("cpu"))
+    assert torch.equal(a(batch)[1][1], b(batch)[1][1])
+
+
+def test_bf16_autocasts_the_dense_arches_only() -> None:
+    torch.manual_seed(0)
+    fp32 = CTRTrain(test_gpu._config().build(torch.device("cpu")), "fp32", "cpu")
+    bf16 = CTRTrain(test_gpu._config().build(torch.device("cpu")), "bf16", "cpu")
+    bf16.load_state_dict(fp32.state_dict())
+    seen = {}
+    first = next(m for m in bf16.model.interest_arch.modules() if isinstance(m, torch.nn.Linear))
+    first.register_forward_hook(lambda m, i, o: seen.update(linear=o.dtype))
+    batch = test_gpu._batch(256, 0, torch.device("cpu"))
+    loss, (_, logits, _) = bf16(batch)
+    assert seen["linear"] == torch.bfloat16
+    assert logits.dtype == torch.float32 and loss.dtype == torch.float32
+    loss.backward()
+    assert all(p.dtype == torch.float32 and (p.grad is None or p.grad.dtype == torch.float32) for p in bf16.parameters())
+    _, (_, expected, _) = fp32(batch)
+    torch.testing.assert_close(logits, expected, atol=0.05, rtol=0.05)
+
+
+@pytest.mark.skipif(not kernel_enabled(), reason="the CPU attention kernel is not built here")
+def test_bf16_attention_runs_in_float32_on_the_kernel() -> None:
+    qkv = torch.randn(20, 39, 3 * 2 * 32) / 32**0.25
+    out = multi_head_attention(qkv.bfloat16(), 2, 32)
+    assert out.dtype == torch.float32
+    torch.testing.assert_close(out, matmul_attention(qkv.bfloat16().float(), 2, 32), atol=1e-5, rtol=1e-5)
+
+
+def test_bf16_trains_through_the_pipeline_and_checkpoints() -> None:
+    """TrainPipelineSparseDist traces CTRTrain with torch.fx: the autocast must not break it."""
+    from iarm_torchrec.train.distributed import DistEnv
+
+    env = DistEnv.from_environment("cpu")
+    try:
+        losses = test_gpu._pipeline_steps(env, "bf16", 8, Path(tempfile.mkdtemp()))
+    finally:
+        env.close()
+    assert all(torch.isfinite(torch.tensor(losses))) and sum(losses[-4:]) < sum(losses[:4]), losses
