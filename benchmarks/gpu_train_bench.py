@@ -31,7 +31,6 @@ from typing import Any, Callable, Dict, List
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 # Criteo Kaggle's 26 vocabulary sizes (after min_count 10 of the full data), to scale
