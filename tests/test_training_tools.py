@@ -3,7 +3,6 @@ product and deep towers, weight decay (dense and on the touched embedding rows),
 clipping, the learning-rate schedule on every optimizer (fused tables included), the monitored
 metric, bucketized numeric fields."""
 
-import math
 from typing import Dict
 
 import numpy as np
@@ -18,7 +17,7 @@ from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.iarm import IARM
 from iarm_torchrec.models.registry import make_config
 from iarm_torchrec.models.toy import toy_inputs
-from iarm_torchrec.modules.interacting import InteractingLayer, attention_scores, head_views
+from iarm_torchrec.modules.interacting import InteractingLayer
 from iarm_torchrec.modules.tower import Tower
 from iarm_torchrec.train.builder import data_source
 from iarm_torchrec.train.schedule import LearningRateSchedule
@@ -57,18 +56,6 @@ def test_attention_dropout_acts_in_training_only() -> None:
     assert not torch.equal(layer(x), layer(x))
     layer.eval(), plain.eval()
     assert torch.allclose(layer(x), plain(x), atol=1e-6)
-
-
-def test_scaled_attention_divides_the_inner_products_by_sqrt_head_dim() -> None:
-    torch.manual_seed(0)
-    layer = InteractingLayer(4, 2, 8, scaled_attention=True)
-    x = torch.rand(3, 5, 4)
-    expected = torch.stack(
-        [torch.softmax(q @ k.transpose(1, 2) / math.sqrt(8), -1) for q, k, _ in head_views(layer.qkv(x), 2, 8)], 1
-    )
-    assert torch.allclose(layer.attention_weights(x), expected, atol=1e-6)
-    unscaled = torch.stack([attention_scores(q, k) for q, k, _ in head_views(layer.qkv(x), 2, 8)], 1)
-    assert not torch.allclose(layer.attention_weights(x), unscaled, atol=1e-3)
 
 
 def test_attention_layer_norm_normalizes_before_the_relu() -> None:

@@ -153,7 +153,6 @@ def _variants(models: Sequence[str]) -> List[Variant]:
         Variant("IARM + products", "iarm", {"product": "inner", "product_layer_sizes": TOWER}),
         Variant("IARM+ (deep tower)", "iarm", {"deep_layer_sizes": TOWER}),
         Variant("IARM + products + deep", "iarm", {"product": "inner", "product_layer_sizes": TOWER, "deep_layer_sizes": TOWER}),
-        Variant("IARM, scaled attention", "iarm", {"scaled_attention": True}),
         Variant("IARM, layer norm", "iarm", {"attention_layer_norm": True}),
         *[Variant(MODEL_LABELS.get(m, m), m) for m in models if m != "iarm"],
     ]

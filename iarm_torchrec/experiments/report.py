@@ -27,7 +27,7 @@ TITLES: Dict[str, str] = {
     "layers": "Fig. 4: IARM against the number of interacting layers",
     "split": "Table 6: test ratio 0.2 against 0.3",
     "attention": "Fig. 5: average attention between fields (IARM)",
-    "variants": "IARM's departures from the paper (products, IARM+ tower, scaled attention, layer norm) against the strongest baselines",
+    "variants": "IARM's departures from the paper (products, IARM+ tower, layer norm) against the strongest baselines",
 }
 
 

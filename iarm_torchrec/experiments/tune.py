@@ -19,7 +19,7 @@ log-uniform, and ``weight_decay`` in {0, 1e-6 .. 1e-3}): towers' ``dropout`` in 
 (the paper's model): ``num_layers`` 1-4, ``num_heads`` {1, 2, 4}, ``head_dim`` {8, 16, 32},
 ``attention_dropout`` [0, 0.3]; ``iarm_variants``: the same plus the departures ``product``
 {none, inner}, the product tower {none, 400-400-400}, the IARM+ tower {none, 400-400-400},
-``scaled_attention`` and ``attention_layer_norm``; AutoInt: IARM's attention settings; DCN: 1-4
+``attention_layer_norm``; AutoInt: IARM's attention settings; DCN: 1-4
 cross layers, vector or matrix; PNN: inner or outer product; AFM: ``attention_dim`` {8, 16, 32};
 Deep Crossing: 1-3 residual units of {64, 128, 256}; the deep models' towers: {1, 2, 3} layers
 of {100, 200, 400}; FM: the optimizer settings only.
@@ -85,7 +85,6 @@ def _iarm_variants(trial: Any) -> Draw:
         product=product,
         product_layer_sizes=[400, 400, 400] if tower else [],
         deep_layer_sizes=[400, 400, 400] if trial.suggest_categorical("deep_tower", [False, True]) else [],
-        scaled_attention=trial.suggest_categorical("scaled_attention", [False, True]),
         attention_layer_norm=trial.suggest_categorical("attention_layer_norm", [False, True]),
     )
     return training, model

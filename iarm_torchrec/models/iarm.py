@@ -72,7 +72,7 @@ class IARM(FieldModel):
         head_dim: ``d'`` (default 32).
         use_interest / use_attention / use_residual: the paper's ablation switches.
         dropout / norm: regularizers of the towers (interest, product, deep); not in the paper.
-        attention_dropout / scaled_attention / attention_layer_norm: the interacting layers'
+        attention_dropout / attention_layer_norm: the interacting layers'
             departures from the paper (:class:`~iarm_torchrec.modules.interacting.InteractingLayer`).
         product: ``"none"`` (the paper), ``"inner"`` or ``"outer"``: PNN's product signal ``p``
             of the field vectors, joined before the output layer (a departure from the paper:
@@ -101,7 +101,6 @@ class IARM(FieldModel):
         dropout: float = 0.0,
         norm: str = "none",
         attention_dropout: float = 0.0,
-        scaled_attention: bool = False,
         attention_layer_norm: bool = False,
         product: str = "none",
         product_layer_sizes: Sequence[int] = (),
@@ -127,7 +126,7 @@ class IARM(FieldModel):
         )
         self.interacting_arch: nn.Module = self.build_interacting_arch(
             dim, num_layers, num_heads, head_dim, use_attention, use_residual,
-            attention_dropout=attention_dropout, scaled_attention=scaled_attention, layer_norm=attention_layer_norm,
+            attention_dropout=attention_dropout, layer_norm=attention_layer_norm,
         )  # fmt: skip
         check_choice("product", product, ("none", *PRODUCTS))
         self.product_arch: Optional[nn.Module] = None if product == "none" else product_arch(product, len(names), dim)
@@ -160,12 +159,11 @@ class IARM(FieldModel):
         use_attention: bool,
         use_residual: bool,
         attention_dropout: float = 0.0,
-        scaled_attention: bool = False,
         layer_norm: bool = False,
     ) -> nn.Module:
         """``B x M x D`` -> ``B x M x output_dim`` (Eq. 7-11)."""
         return InteractingArch(
-            in_dim, num_layers, num_heads, head_dim, use_attention, use_residual, attention_dropout, scaled_attention, layer_norm
+            in_dim, num_layers, num_heads, head_dim, use_attention, use_residual, attention_dropout, layer_norm
         )
 
     def build_output_arch(self, in_features: int) -> nn.Module:
@@ -240,7 +238,6 @@ class IARMConfig(ModelConfig):
     dropout: float = 0.0
     norm: str = "none"
     attention_dropout: float = 0.0
-    scaled_attention: bool = False
     attention_layer_norm: bool = False
     product: str = "none"
     product_layer_sizes: List[int] = field(default_factory=list)

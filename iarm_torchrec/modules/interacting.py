@@ -143,8 +143,8 @@ class InteractingLayer(nn.Module):
     ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
 
     Departures from the paper, each off by default: ``attention_dropout`` (dropout on
-    ``alpha`` while training), ``scaled_attention`` (``phi / sqrt(d')``, as Transformers and
-    AutoInt's later code scale) and ``layer_norm`` (``ReLU(LayerNorm(e~_m + W_Res e_m))``).
+    ``alpha`` while training) and ``layer_norm`` (``ReLU(LayerNorm(e~_m + W_Res e_m))``). (A
+    ``1/sqrt(d')`` scale was tried and changed nothing measurable: docs/results.md.)
 
     Args:
         in_dim: ``d``, the size of each input field vector.
@@ -152,7 +152,7 @@ class InteractingLayer(nn.Module):
         head_dim: ``d'``, the size of each head's subspace; the output is ``H d'`` wide.
         use_attention: keep Eq. 7-10.
         use_residual: keep ``W_Res e_m`` in Eq. 11.
-        attention_dropout / scaled_attention / layer_norm: the departures above.
+        attention_dropout / layer_norm: the departures above.
 
     Example::
 
@@ -171,7 +171,6 @@ class InteractingLayer(nn.Module):
         use_attention: bool = True,
         use_residual: bool = True,
         attention_dropout: float = 0.0,
-        scaled_attention: bool = False,
         layer_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -194,17 +193,11 @@ class InteractingLayer(nn.Module):
             nn.Linear(in_dim, self.output_dim, bias=False) if use_residual else None
         )
         self.attention_dropout: float = attention_dropout
-        self.scaled_attention: bool = scaled_attention
-        # 1/sqrt(d') on the query columns only: phi / sqrt(d') without touching the kernels
-        scale = torch.ones(3 * self.output_dim)
-        scale[: self.output_dim] = head_dim**-0.5
-        self.register_buffer("query_scale", scale, persistent=False)
         self.layer_norm: nn.LayerNorm | None = nn.LayerNorm(self.output_dim) if layer_norm else None
 
     def _projections(self, fields: torch.Tensor) -> torch.Tensor:
         assert self.qkv is not None
-        qkv = self.qkv(fields)
-        return qkv * self.query_scale if self.scaled_attention else qkv
+        return self.qkv(fields)
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """
@@ -258,7 +251,7 @@ class InteractingArch(nn.Module):
         head_dim: ``d'`` of every layer.
         use_attention: see :class:`InteractingLayer` (False: IRM).
         use_residual: see :class:`InteractingLayer` (False: IARM-).
-        attention_dropout / scaled_attention / layer_norm: every layer's departures from the
+        attention_dropout / layer_norm: every layer's departures from the
             paper (:class:`InteractingLayer`), off by default.
 
     Example::
@@ -278,7 +271,6 @@ class InteractingArch(nn.Module):
         use_attention: bool = True,
         use_residual: bool = True,
         attention_dropout: float = 0.0,
-        scaled_attention: bool = False,
         layer_norm: bool = False,
     ) -> None:
         super().__init__()
@@ -286,7 +278,7 @@ class InteractingArch(nn.Module):
         dims = [in_dim] + [num_heads * head_dim] * num_layers
         self.layers: nn.ModuleList = nn.ModuleList(
             InteractingLayer(
-                dims[i], num_heads, head_dim, use_attention, use_residual, attention_dropout, scaled_attention, layer_norm
+                dims[i], num_heads, head_dim, use_attention, use_residual, attention_dropout, layer_norm
             )
             for i in range(num_layers)
         )
