@@ -5,7 +5,7 @@ preprocessing workers can import ``iarm_torchrec.data`` without paying for torch
 """
 
 import importlib
-from typing import Any, Dict
+from typing import Any, Callable, Dict
 
 _EXPORTS: Dict[str, str] = {
     "CTRTrain": "iarm_torchrec.models.ctr_train",
@@ -18,7 +18,16 @@ _EXPORTS: Dict[str, str] = {
 __all__ = sorted(_EXPORTS)
 
 
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'iarm_torchrec' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+def lazy_exports(package: str, exports: Dict[str, str]) -> Callable[[str], Any]:
+    """A PEP 562 ``__getattr__`` for ``package`` that imports each of ``exports`` (name ->
+    module) on first use; shared by this package and :mod:`iarm_torchrec.data`."""
+
+    def __getattr__(name: str) -> Any:
+        if name not in exports:
+            raise AttributeError(f"module {package!r} has no attribute {name!r}")
+        return getattr(importlib.import_module(exports[name]), name)
+
+    return __getattr__
+
+
+__getattr__ = lazy_exports("iarm_torchrec", _EXPORTS)

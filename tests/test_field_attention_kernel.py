@@ -158,30 +158,3 @@ def test_same_result_for_any_thread_count_and_layout() -> None:
     strided = qkv.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
     assert not strided.is_contiguous()
     assert torch.equal(fa.field_attention(strided, 2, 8), one[0])
-
-
-@pytest.mark.skipif(not fa.kernel_enabled(), reason="the CPU attention kernel is not built here")
-@pytest.mark.parametrize("batch,fields,in_dim,heads,head_dim", [(17, 39, 16, 2, 32), (40, 39, 64, 2, 8), (5, 7, 12, 3, 16)])
-def test_fused_projection_with_residual_matches_two_projections(batch: int, fields: int, in_dim: int, heads: int, head_dim: int) -> None:
-    """One GEMM for Q, K, V and W_Res, the residual added in the kernel: the same values and
-    gradients (inputs and both weights) as the two projections + attention + add, in float64."""
-    from iarm_torchrec.modules.interacting import attention_with_residual, multi_head_attention
-
-    g = torch.Generator().manual_seed(0)
-    x = torch.randn(batch, fields, in_dim, generator=g, dtype=torch.float64)
-    wq = torch.randn(3 * heads * head_dim, in_dim, generator=g, dtype=torch.float64) / in_dim**0.5
-    wr = torch.randn(heads * head_dim, in_dim, generator=g, dtype=torch.float64) / in_dim**0.5
-    grad = torch.randn(batch, fields, heads * head_dim, generator=g, dtype=torch.float64)
-
-    def run(fn, dtype):
-        inputs = [t.to(dtype).requires_grad_() for t in (x, wq, wr)]
-        out = fn(*inputs)
-        return [out.detach(), *torch.autograd.grad(out, inputs, grad.to(dtype))]
-
-    two = lambda x, wq, wr: multi_head_attention(x @ wq.T, heads, head_dim) + x @ wr.T  # noqa: E731
-    fused = run(lambda x, wq, wr: attention_with_residual(x, wq, wr, heads, head_dim), torch.float32)
-    ref = run(two, torch.float64)
-    aten = run(two, torch.float32)
-    for mine, base, exact in zip(fused, aten, ref):
-        bound = 4 * (base.double() - exact).abs().max().item() + 1e-5
-        assert (mine.double() - exact).abs().max().item() <= bound

@@ -5,8 +5,9 @@ The public names load on first use (PEP 562), so that preprocessing workers, whi
 ``iarm_torchrec.data.*`` modules, do not pay for torch and torchrec (the loader needs them).
 """
 
-import importlib
-from typing import Any, Dict
+from typing import Dict
+
+from iarm_torchrec import lazy_exports
 
 _EXPORTS: Dict[str, str] = {
     "DataSource": "iarm_torchrec.data.cache",
@@ -21,9 +22,4 @@ _EXPORTS: Dict[str, str] = {
 }
 
 __all__ = sorted(_EXPORTS)
-
-
-def __getattr__(name: str) -> Any:
-    if name not in _EXPORTS:
-        raise AttributeError(f"module 'iarm_torchrec.data' has no attribute {name!r}")
-    return getattr(importlib.import_module(_EXPORTS[name]), name)
+__getattr__ = lazy_exports("iarm_torchrec.data", _EXPORTS)

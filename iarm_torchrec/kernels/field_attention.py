@@ -150,30 +150,3 @@ def field_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.T
     side by side, with ``alpha = softmax_k <q_m, k_k>`` (plain inner product, no scale).
     Call only where :func:`kernel_applies` is True."""
     return _FieldAttention.apply(qkv, num_heads, head_dim)
-
-
-class _FieldAttentionResidual(torch.autograd.Function):
-    """Autograd for the kernel with the residual: ``y`` is ``B x M x 4Hd``, ``[q | k | v | r]``."""
-
-    @staticmethod
-    def forward(ctx: Any, y: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-        out = torch.ops.iarm.field_attention_residual_forward(y, num_heads, head_dim)
-        ctx.save_for_backward(y)
-        ctx.num_heads, ctx.head_dim = num_heads, head_dim
-        return out
-
-    @staticmethod
-    @torch.autograd.function.once_differentiable
-    def backward(ctx: Any, grad_out: torch.Tensor) -> Tuple[torch.Tensor, None, None]:
-        (y,) = ctx.saved_tensors
-        grad = torch.ops.iarm.field_attention_residual_backward(grad_out, y, ctx.num_heads, ctx.head_dim)
-        return grad, None, None
-
-
-def field_attention_residual(y: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
-    """:func:`field_attention` plus the residual, from one fused projection: ``y`` is
-    ``B x M x 4Hd``, columns ``[q_1..q_H, k_1..k_H, v_1..v_H, r]`` with ``r = W_Res e_m``; returns
-    ``sum_k alpha_{m,k} v_k + r_m`` (Eq. 10-11 before the ReLU), ``B x M x H d'``. The backward
-    writes ``d y`` whole (``d r`` is the output's gradient), so the one GEMM that made ``y`` is
-    also the only one of its backward. Call only where :func:`kernel_applies` is True."""
-    return _FieldAttentionResidual.apply(y, num_heads, head_dim)

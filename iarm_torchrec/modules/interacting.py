@@ -7,13 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from iarm_torchrec.kernels.field_attention import (
-    SUPPORTED_HEAD_DIMS,
-    field_attention,
-    field_attention_residual,
-    kernel_applies,
-    kernel_enabled,
-)
+from iarm_torchrec.kernels.field_attention import field_attention, kernel_applies
 from iarm_torchrec.modules.checks import check_non_negative, check_positive
 from iarm_torchrec.modules.tower import check_dropout
 
@@ -92,32 +86,6 @@ def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropo
         # in the kernel (full-width float32 FMAs beat bf16 bmm over M = 39, d' <= 64)
         return field_attention(qkv.float(), num_heads, head_dim)
     return matmul_attention(qkv, num_heads, head_dim)
-
-
-@torch.fx.wrap
-def attention_with_residual(
-    fields: torch.Tensor, qkv_weight: torch.Tensor, residual_weight: torch.Tensor, num_heads: int, head_dim: int
-) -> torch.Tensor:
-    """Eq. 7-11 before the ReLU, ``B x M x d`` -> ``B x M x H d'``: ``multi_head_attention(e W_QKV^T)
-    + e W_Res^T``. On CPU, where the compiled kernel applies, Q, K, V and ``W_Res`` are ONE
-    GEMM (``d -> 4 H d'``) whose output the kernel reads in place, adding the residual columns
-    itself; its backward returns the whole ``4 H d'`` gradient, so the backward is one GEMM for
-    the input's gradient and one for the weight's. Elsewhere (CUDA, float64, other head sizes)
-    the two projections and :func:`multi_head_attention`, as before. A ``torch.fx`` leaf.
-
-    Not used by :class:`InteractingLayer`: side by side (d'=32, B=1024, one layer forward +
-    backward, 1 thread, alternating) it was no faster than the two projections (147.9 vs 147.1
-    ms; 286 vs 231 in a noisier run), because the residual columns, gathered lane-major with
-    q/k/v, grow the kernel's per-block working set past L2 (docs/performance.md)."""
-    if (
-        fields.device.type == "cpu"
-        and fields.dtype == torch.float32
-        and head_dim in SUPPORTED_HEAD_DIMS
-        and kernel_enabled()
-    ):
-        y = F.linear(fields, torch.cat([qkv_weight, residual_weight]))
-        return field_attention_residual(y if y.dtype == torch.float32 else y.float(), num_heads, head_dim)
-    return multi_head_attention(F.linear(fields, qkv_weight), num_heads, head_dim) + F.linear(fields, residual_weight)
 
 
 class InteractingLayer(nn.Module):
