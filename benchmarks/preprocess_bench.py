@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Dict, List
+from typing import Any, Dict, List
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,10 +56,12 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def run_preprocess(src: Path, out: Path, options: Dict[str, object]) -> Dict[str, float]:
+def run_preprocess(src: Path, out: Path, options: Dict[str, object], dataset: str = "criteo") -> Dict[str, Any]:
+    """``preprocess(dataset, src, out, **options)`` in a child process: wall seconds, rows per
+    split and the peak RSS of its process tree."""
     code = (
         "import json, sys; from iarm_torchrec.data.preprocess import preprocess; "
-        f"spec = preprocess('criteo', {str(src)!r}, {str(out)!r}, overwrite=True, **json.loads(sys.argv[1])); "
+        f"spec = preprocess({dataset!r}, {str(src)!r}, {str(out)!r}, overwrite=True, **json.loads(sys.argv[1])); "
         "print(json.dumps(spec.rows))"
     )
     start = time.perf_counter()
@@ -78,7 +80,7 @@ def run_preprocess(src: Path, out: Path, options: Dict[str, object]) -> Dict[str
     seconds = time.perf_counter() - start
     sampler.join()
     if proc.returncode:
-        raise RuntimeError(f"preprocess failed with exit code {proc.returncode}")
+        raise RuntimeError(f"preprocess {dataset} failed with exit code {proc.returncode}")
     rows = json.loads(stdout.decode().strip().splitlines()[-1])
     return {"seconds": seconds, "rows": rows, "peak_rss_tree_mb": peak / 1024}
 

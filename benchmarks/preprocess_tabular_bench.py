@@ -6,7 +6,7 @@ hashed and counted fields).
 
 Each run is :func:`iarm_torchrec.data.preprocess.preprocess` in a child process (``workers`` worker
 processes, vocabularies with a counting pass), timed end to end (plan, count, encode), with the
-peak RSS summed over the process tree sampled every 0.2 s (``preprocess_bench._tree_rss_kb``).
+peak RSS summed over the process tree sampled every 0.2 s (``preprocess_bench.run_preprocess``).
 Results: ``benchmarks/results/preprocess_tabular.{json,md}``.
 
 Run: ``.venv/bin/python benchmarks/preprocess_tabular_bench.py --criteo-rows 1000000 --parquet-rows 3000000``
@@ -17,10 +17,8 @@ import argparse
 import importlib.util
 import json
 import os
-import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List
@@ -29,7 +27,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 RESULTS = HERE / "results"
 sys.path.insert(0, str(HERE))
-from preprocess_bench import _tree_rss_kb, generate  # noqa: E402
+from preprocess_bench import generate, run_preprocess  # noqa: E402
 
 
 def _example_generator() -> Any:
@@ -40,31 +38,10 @@ def _example_generator() -> Any:
 
 
 def run(dataset: str, source: str, out: Path, options: Dict[str, Any]) -> Dict[str, Any]:
-    code = (
-        "import json, sys; from iarm_torchrec.data.preprocess import preprocess; "
-        f"spec = preprocess({dataset!r}, {source!r}, {str(out)!r}, overwrite=True, **json.loads(sys.argv[1])); "
-        "print(json.dumps(spec.rows))"
-    )
-    start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(options)], stdout=subprocess.PIPE)
-    peak = 0
-
-    def sample() -> None:
-        nonlocal peak
-        while proc.poll() is None:
-            peak = max(peak, _tree_rss_kb(proc.pid))
-            time.sleep(0.2)
-
-    sampler = threading.Thread(target=sample, daemon=True)
-    sampler.start()
-    stdout, _ = proc.communicate()
-    seconds = time.perf_counter() - start
-    sampler.join()
-    if proc.returncode:
-        raise RuntimeError(f"preprocess {dataset} failed with exit code {proc.returncode}")
-    rows = json.loads(stdout.decode().strip().splitlines()[-1])
-    n = sum(rows.values())
-    return {"seconds": seconds, "rows": n, "rows_per_s": n / seconds, "peak_rss_tree_mb": peak / 1024}
+    result = run_preprocess(Path(source), out, options, dataset)
+    n = sum(result["rows"].values())
+    return {"seconds": result["seconds"], "rows": n, "rows_per_s": n / result["seconds"],
+            "peak_rss_tree_mb": result["peak_rss_tree_mb"]}  # fmt: skip
 
 
 def main(argv: List[str]) -> None:
