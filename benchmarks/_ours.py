@@ -18,27 +18,18 @@ from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 from _common import StepClock, peak_rss_mib, window_rates
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import FeatureSpec
-from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import make_config
+from iarm_torchrec.train.builder import sharded_model
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.evaluate import evaluate
 from iarm_torchrec.train.settings import TrainSettings
-from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
-from iarm_torchrec.models.field_model import FieldModel
 
 
 def build(data_dir: Path, settings: TrainSettings, env: DistEnv) -> Any:
     """The sharded training model and its pipeline, exactly as :class:`~iarm_torchrec.train.trainer.Trainer` makes them."""
     spec = FeatureSpec.load(data_dir)
     config = make_config(settings.model, spec.to_feature_config(settings.embedding_dim), **settings.model_config)
-    torch.manual_seed(settings.seed)
-    bare = config.build(torch.device("meta"))
-    if isinstance(bare, FieldModel):
-        bare.start_at_click_rate(spec.click_rate("train"))
-    model = CTRTrain(bare, settings.precision, env.device.type)
-    tables = table_configs(model)
-    sharded = shard_model(model, env, settings.optimizer_settings())
-    init_tables(sharded.model, tables, settings.seed)
+    sharded = sharded_model(config, spec, settings, env)
     pipeline = TrainPipelineSparseDist(sharded.model, sharded.optimizer, env.device)
     return sharded, pipeline
 

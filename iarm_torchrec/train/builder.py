@@ -40,7 +40,7 @@ from iarm_torchrec.train.checkpoint import CheckpointManager
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, MODEL_FILE, RUN_FILE, TENSORBOARD_DIR
 from iarm_torchrec.train.settings import SETTINGS_FILE, TrainSettings
-from iarm_torchrec.train.sharding import init_tables, shard_model, table_configs
+from iarm_torchrec.train.sharding import ShardedModel, init_tables, shard_model, table_configs
 
 logger = logging.getLogger(__name__)
 
@@ -152,6 +152,21 @@ def build_run(settings: TrainSettings, env: DistEnv) -> TrainingRun:
         raise
 
 
+def sharded_model(model_config: ModelConfig, spec: FeatureSpec, settings: TrainSettings, env: DistEnv) -> ShardedModel:
+    """``DistributedModelParallel(CTRTrain(model))`` and its optimizer: the model built on
+    ``meta`` with the seed's dense parameters (identical on every rank), started at the training
+    click rate, sharded with the settings' optimizers, tables initialised from the seed alone."""
+    torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
+    bare = model_config.build(torch.device("meta"))
+    if isinstance(bare, FieldModel):
+        bare.start_at_click_rate(spec.click_rate("train"))
+    model = CTRTrain(bare, settings.precision, env.device.type)
+    tables = table_configs(model)
+    sharded = shard_model(model, env, settings.optimizer_settings())
+    init_tables(sharded.model, tables, settings.seed)
+    return sharded
+
+
 def _build(
     settings: TrainSettings, env: DistEnv, run_dir: Path, checkpoints: CheckpointManager, lock: Optional[Path]
 ) -> TrainingRun:
@@ -161,14 +176,7 @@ def _build(
     if env.is_main:
         write_run_files(run_dir, settings, model_config, data_dir)
 
-    torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
-    bare = model_config.build(torch.device("meta"))
-    if isinstance(bare, FieldModel):
-        bare.start_at_click_rate(spec.click_rate("train"))
-    model = CTRTrain(bare, settings.precision, env.device.type)
-    tables = table_configs(model)
-    sharded = shard_model(model, env, settings.optimizer_settings())
-    init_tables(sharded.model, tables, settings.seed)
+    sharded = sharded_model(model_config, spec, settings, env)
     if env.is_main:
         logger.info("sharding plan:\n%s", sharded.plan)
 
