@@ -47,12 +47,20 @@ def test_tune_searches_prunes_resumes_and_writes_a_train_config(tmp_path: Path) 
     assert len(fake.calls) == 10 and again["trials"]["complete"] + again["trials"]["pruned"] == 10
 
 
-def test_every_search_space_draws_valid_settings(tmp_path: Path) -> None:
+def test_every_search_space_draws_valid_settings_and_starts_at_the_defaults(tmp_path: Path) -> None:
+    import optuna
+
+    defaults = {"iarm_variants": {"product": "inner", "product_layer_sizes": [400, 400, 400]}}
     for name, space in SEARCH_SPACES.items():
         fake = FakeTrain()
         tune(BASE, name, tmp_path / name, trials=2, train=fake)
         for call in fake.calls:
             TrainSettings(model=space.model, model_config=call["model_config"])  # the registry accepts them
+        # trial 0 is the untuned starting point: the base learning rates and the model's defaults
+        start = TrainSettings(model=space.model, model_config=defaults.get(name, {}))
+        assert fake.calls[0]["lr"] == BASE.lr and fake.calls[0]["model_config"] == start.model_config, name
+        study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / STUDY_FILE}")
+        assert study.trials[0].params == {**study.trials[0].params, **space.start}
 
 
 @pytest.mark.slow

@@ -14,21 +14,27 @@ resumes where it stopped when the command is repeated: ``--trials`` is the total
 finished trials count against it. The best trial's settings are written as ``OUT/best.json``, an
 ``iarm train --config`` file, and ``iarm experiment --tuned OUT/best.json`` runs a preset on them.
 
+The first trial of a new study runs the starting point: the learning rates, decays and plateau
+factor of the base settings (``--config`` and the flags) with the model's default settings
+(``iarm_variants``: IARM + products with its 400-400-400 tower, the best variant before tuning),
+so that the tuned settings are never worse on validation than the untuned ones.
+
 Search spaces (each also tunes ``lr`` in [1e-4, 1e-2] and ``sparse_lr`` in [0.01, 0.3], both
-log-uniform, and ``weight_decay`` in {0, 1e-6 .. 1e-3}): towers' ``dropout`` in [0, 0.5]; IARM
+log-uniform, ``weight_decay`` in {0, 1e-6 .. 1e-3}, ``embedding_weight_decay`` in {0, 1e-6 ..
+1e-4} and the reduce-on-plateau ``lr_plateau_factor`` in {1 (off), 0.5, 0.2}): towers' ``dropout`` in [0, 0.5]; IARM
 (the paper's model): ``num_layers`` 1-4, ``num_heads`` {1, 2, 4}, ``head_dim`` {8, 16, 32},
 ``attention_dropout`` [0, 0.3]; ``iarm_variants``: the same plus the departures ``product``
 {none, inner}, the product tower {none, 400-400-400}, the IARM+ tower {none, 400-400-400},
 ``attention_layer_norm``; AutoInt: IARM's attention settings; DCN: 1-4
 cross layers, vector or matrix; PNN: inner or outer product; AFM: ``attention_dim`` {8, 16, 32};
-Deep Crossing: 1-3 residual units of {64, 128, 256}; the deep models' towers: {1, 2, 3} layers
+Deep Crossing: 1-3 residual units of {64, 128, 256, 400}; the deep models' towers: {1, 2, 3} layers
 of {100, 200, 400}; FM: the optimizer settings only.
 """
 
 import argparse
 import logging
 import shutil
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Tuple
 
@@ -50,12 +56,19 @@ Draw = Tuple[Dict[str, Any], Dict[str, Any]]
 
 
 def _optimizer(trial: Any) -> Dict[str, Any]:
-    decay = trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4, 1e-3])
     return {
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
         "sparse_lr": trial.suggest_float("sparse_lr", 0.01, 0.3, log=True),
-        "weight_decay": decay,
+        "weight_decay": trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4, 1e-3]),
+        "embedding_weight_decay": trial.suggest_categorical("embedding_weight_decay", [0.0, 1e-6, 1e-5, 1e-4]),
+        "lr_plateau_factor": trial.suggest_categorical("lr_plateau_factor", [1.0, 0.5, 0.2]),
     }
+
+
+def _start(base: TrainSettings) -> Dict[str, Any]:
+    """The optimizer part of a study's first trial: ``base``'s own settings."""
+    names = ("lr", "sparse_lr", "weight_decay", "embedding_weight_decay", "lr_plateau_factor")
+    return {name: getattr(base, name) for name in names}
 
 
 def _tower(trial: Any, key: str = "deep_layer_sizes") -> Dict[str, Any]:
@@ -100,23 +113,35 @@ class SearchSpace:
 
     model: str
     draw: Callable[[Any], Draw]
+    start: Dict[str, Any] = field(default_factory=dict)
+    """The model part of the study's first trial, in the space's own parameters: the model's
+    defaults (for ``iarm_variants``: IARM + products, the best variant measured before tuning)."""
 
+
+_ATTENTION_START = {"num_layers": 3, "num_heads": 2, "head_dim": 32, "attention_dropout": 0.0}
+_TOWER_START = {"deep_layer_sizes_depth": 3, "deep_layer_sizes_width": 400, "dropout": 0.0}
 
 SEARCH_SPACES: Dict[str, SearchSpace] = {
-    "iarm": SearchSpace("iarm", _iarm),
-    "iarm_variants": SearchSpace("iarm", _iarm_variants),
-    "autoint": SearchSpace("autoint", _space(_attention)),
+    "iarm": SearchSpace("iarm", _iarm, {**_ATTENTION_START, "dropout": 0.0}),
+    "iarm_variants": SearchSpace("iarm", _iarm_variants, {
+        **_ATTENTION_START, "dropout": 0.0, "product": "inner", "product_tower": True, "deep_tower": False,
+        "attention_layer_norm": False}),  # fmt: skip
+    "autoint": SearchSpace("autoint", _space(_attention), _ATTENTION_START),
     "fm": SearchSpace("fm", _space(lambda trial: {})),
-    "wide_deep": SearchSpace("wide_deep", _space(_tower)),
-    "deepfm": SearchSpace("deepfm", _space(_tower)),
-    "nfm": SearchSpace("nfm", _space(_tower)),
-    "afm": SearchSpace("afm", _space(lambda t: {"attention_dim": t.suggest_categorical("attention_dim", [8, 16, 32])})),
+    "wide_deep": SearchSpace("wide_deep", _space(_tower), _TOWER_START),
+    "deepfm": SearchSpace("deepfm", _space(_tower), _TOWER_START),
+    "nfm": SearchSpace("nfm", _space(_tower), _TOWER_START),
+    "afm": SearchSpace("afm", _space(lambda t: {"attention_dim": t.suggest_categorical("attention_dim", [8, 16, 32])}),
+                       {"attention_dim": 16}),  # fmt: skip
     "dcn": SearchSpace("dcn", _space(lambda t: {
         **_tower(t), "num_cross_layers": t.suggest_int("num_cross_layers", 1, 4),
-        "cross_type": t.suggest_categorical("cross_type", ["vector", "matrix"])})),  # fmt: skip
-    "pnn": SearchSpace("pnn", _space(lambda t: {**_tower(t), "product": t.suggest_categorical("product", ["inner", "outer"])})),
+        "cross_type": t.suggest_categorical("cross_type", ["vector", "matrix"])}),  # fmt: skip
+        {**_TOWER_START, "num_cross_layers": 3, "cross_type": "vector"}),
+    "pnn": SearchSpace("pnn", _space(lambda t: {**_tower(t), "product": t.suggest_categorical("product", ["inner", "outer"])}),
+                       {**_TOWER_START, "product": "inner"}),  # fmt: skip
     "deep_crossing": SearchSpace("deep_crossing", _space(lambda t: {"residual_hidden_sizes": [
-        t.suggest_categorical("residual_width", [64, 128, 256])] * t.suggest_int("residual_units", 1, 3)})),  # fmt: skip
+        t.suggest_categorical("residual_width", [64, 128, 256, 400])] * t.suggest_int("residual_units", 1, 3)}),  # fmt: skip
+        {"residual_width": 400, "residual_units": 3}),
 }
 """Search spaces by name (a model's name, or ``iarm_variants``); see the module docstring."""
 
@@ -158,6 +183,8 @@ def tune(
     for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # cut off by an interruption
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
+    if not study.trials:  # the first trial measures the starting point, so tuning never ends below it
+        study.enqueue_trial({**_start(base), **space.start})
 
     def objective(trial: Any) -> float:
         settings = trial_settings(base, space, trial, study_dir)
