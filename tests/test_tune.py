@@ -1,5 +1,6 @@
 """``iarm tune``: Optuna's search on the validation split only, pruning, resuming, a config file out."""
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any, Dict, List
@@ -61,6 +62,16 @@ def test_every_search_space_draws_valid_settings_and_starts_at_the_defaults(tmp_
         assert fake.calls[0]["lr"] == BASE.lr and fake.calls[0]["model_config"] == start.model_config, name
         study = optuna.load_study(study_name=name, storage=f"sqlite:///{tmp_path / name / STUDY_FILE}")
         assert study.trials[0].params == {**study.trials[0].params, **space.start}
+
+
+def test_the_embedding_decay_is_searched_only_where_the_tables_optimizer_applies_it(tmp_path: Path) -> None:
+    fused = FakeTrain()  # FBGEMM's fused CPU kernels ignore it (the trainer refuses it): never drawn
+    tune(BASE, "fm", tmp_path / "fused", trials=3, train=fused)
+    dense = FakeTrain()
+    tune(dataclasses.replace(BASE, sparse_optimizer="adam"), "fm", tmp_path / "dense", trials=3, train=dense)
+    settings = [TrainSettings.from_file(Path(c["out"]) / "settings.json") for c in fused.calls + dense.calls]
+    assert all(s.embedding_weight_decay == 0 for s in settings[:3])
+    assert any(s.embedding_weight_decay > 0 for s in settings[3:])
 
 
 @pytest.mark.slow

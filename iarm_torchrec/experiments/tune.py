@@ -21,7 +21,7 @@ so that the tuned settings are never worse on validation than the untuned ones.
 
 Search spaces (each also tunes ``lr`` in [1e-4, 1e-2] and ``sparse_lr`` in [0.01, 0.3], both
 log-uniform, ``weight_decay`` in {0, 1e-6 .. 1e-3}, ``embedding_weight_decay`` in {0, 1e-6 ..
-1e-4} and the reduce-on-plateau ``lr_plateau_factor`` in {1 (off), 0.5, 0.2}): towers' ``dropout`` in [0, 0.5]; IARM
+1e-4} where the tables' optimizer applies it (not FBGEMM's fused CPU kernels) and the reduce-on-plateau ``lr_plateau_factor`` in {1 (off), 0.5, 0.2}): towers' ``dropout`` in [0, 0.5]; IARM
 (the paper's model): ``num_layers`` 1-4, ``num_heads`` {1, 2, 4}, ``head_dim`` {8, 16, 32},
 ``attention_dropout`` [0, 0.3]; ``iarm_variants``: the same plus the departures ``product``
 {none, inner}, the product tower {none, 400-400-400}, the IARM+ tower {none, 400-400-400},
@@ -60,14 +60,25 @@ def _optimizer(trial: Any) -> Dict[str, Any]:
         "lr": trial.suggest_float("lr", 1e-4, 1e-2, log=True),
         "sparse_lr": trial.suggest_float("sparse_lr", 0.01, 0.3, log=True),
         "weight_decay": trial.suggest_categorical("weight_decay", [0.0, 1e-6, 1e-5, 1e-4, 1e-3]),
-        "embedding_weight_decay": trial.suggest_categorical("embedding_weight_decay", [0.0, 1e-6, 1e-5, 1e-4]),
         "lr_plateau_factor": trial.suggest_categorical("lr_plateau_factor", [1.0, 0.5, 0.2]),
     }
 
 
+def _embedding_decay_acts(base: TrainSettings) -> bool:
+    """Whether the tables' optimizer applies ``embedding_weight_decay`` where the trials run:
+    FBGEMM's fused CPU kernels do not (the trainer refuses it there), so the search leaves it out."""
+    import torch
+
+    from iarm_torchrec.train.sharding import sparse_optimizer_is_fused
+
+    cuda = base.device == "cuda" or (base.device == "auto" and torch.cuda.is_available())
+    return cuda or not sparse_optimizer_is_fused(base.sparse_optimizer, torch.device("cpu"))
+
+
 def _start(base: TrainSettings) -> Dict[str, Any]:
     """The optimizer part of a study's first trial: ``base``'s own settings."""
-    names = ("lr", "sparse_lr", "weight_decay", "embedding_weight_decay", "lr_plateau_factor")
+    names = ["lr", "sparse_lr", "weight_decay", "lr_plateau_factor"]
+    names += ["embedding_weight_decay"] if _embedding_decay_acts(base) else []
     return {name: getattr(base, name) for name in names}
 
 
@@ -149,6 +160,8 @@ SEARCH_SPACES: Dict[str, SearchSpace] = {
 def trial_settings(base: TrainSettings, space: SearchSpace, trial: Any, study_dir: Path) -> TrainSettings:
     """``base`` with the trial's draw, written into ``study_dir/trials/trial-NNNN``."""
     training, model_config = space.draw(trial)
+    if _embedding_decay_acts(base):
+        training["embedding_weight_decay"] = trial.suggest_categorical("embedding_weight_decay", [0.0, 1e-6, 1e-5, 1e-4])
     out = study_dir / TRIALS_DIR / f"trial-{trial.number:04d}"
     return base.with_model(space.model, model_config, out=str(out), resume=None, **training)
 
