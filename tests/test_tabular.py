@@ -133,6 +133,9 @@ def test_bad_rows_name_file_line_and_field(tmp_path):
     _write(tmp_path / "b.csv", "y,u,x\n1,a,2\n0,b\n1,c,zz\n2,e,1\n0,d,4\n")
     spec = preprocess("tabular", str(tmp_path), str(tmp_path / "o3"), schema=schema, workers=1, skip_bad_rows=True)
     assert sum(spec.rows.values()) == 2 and spec.options["skipped_rows"] == 3
+    (tmp_path / "b.csv").write_bytes(b"y,u,x\r\n1,a,2\r\n0,b\r,3\r\n0,d,4\r\n")  # CRLF is fine, a lone CR is named
+    with pytest.raises(ValueError, match=r"b.csv:3: a carriage return \(\\r\) inside the line"):
+        preprocess("tabular", str(tmp_path), str(tmp_path / "o5"), schema=schema, workers=1)
     _write(tmp_path / "b.csv", "y,u,x,extra\n1,a,2,3\n")
     with pytest.raises(ValueError, match=r"b.csv:1: columns \['extra'\] are not described by the schema"):
         preprocess("tabular", str(tmp_path), str(tmp_path / "o4"), schema=schema, workers=1)

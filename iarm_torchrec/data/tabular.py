@@ -126,6 +126,18 @@ def _is_utf8(value: Optional[bytes]) -> bool:
         return False
 
 
+def _first_lone_carriage_return(raw: bytes) -> Optional[int]:
+    """The 0-based line of ``raw``'s first ``\\r`` that does not start a ``\\r\\n``, or ``None``.
+
+    >>> _first_lone_carriage_return(b"a,b\\r\\nc\\r,d\\n"), _first_lone_carriage_return(b"a\\r\\n")
+    (1, None)
+    """
+    at = raw.find(b"\r")
+    while at != -1 and raw[at + 1 : at + 2] == b"\n":
+        at = raw.find(b"\r", at + 1)
+    return None if at == -1 else raw.count(b"\n", 0, at)
+
+
 def _line_lengths(raw: bytes, lines: int) -> np.ndarray:
     """The byte length of each of a chunk's ``lines`` lines, without its ``\\n`` or ``\\r\\n``."""
     arr = np.frombuffer(raw, dtype=np.uint8)
@@ -348,6 +360,12 @@ class TabularReader(RowReader):
             if 1 <= number <= chunk.lines:
                 bad[number - 1], found[number - 1] = True, actual
         if table.num_rows + int(bad.sum()) != chunk.lines:
+            lone = _first_lone_carriage_return(raw)
+            if lone is not None:
+                raise ValueError(
+                    f"{chunk.path}:{chunk.first_line + lone}: a carriage return (\\r) inside the line, which the CSV "
+                    "reader takes for a line break; remove it, or convert the file's old Mac (\\r) line endings to \\n"
+                )
             raise ValueError(
                 f"{chunk.path}:{chunk.first_line}-{chunk.first_line + chunk.lines - 1}: {table.num_rows + int(bad.sum())} rows in "
                 f"{chunk.lines} lines: a quoted value holds a line break, which is not supported (remove it or change quote)"
