@@ -24,7 +24,7 @@ import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -56,16 +56,20 @@ def _tree_rss_kb(pid: int) -> int:
     return total
 
 
-def run_preprocess(src: Path, out: Path, options: Dict[str, object], dataset: str = "criteo") -> Dict[str, Any]:
+def run_preprocess(
+    src: Path, out: Path, options: Dict[str, object], dataset: str = "criteo", code_dir: Optional[Path] = None
+) -> Dict[str, Any]:
     """``preprocess(dataset, src, out, **options)`` in a child process: wall seconds, rows per
-    split and the peak RSS of its process tree."""
+    split and the peak RSS of its process tree. ``code_dir``: a checkout whose ``iarm_torchrec``
+    the child imports instead of the installed one (an older commit, for a side-by-side run)."""
     code = (
         "import json, sys; from iarm_torchrec.data.preprocess import preprocess; "
         f"spec = preprocess({dataset!r}, {str(src)!r}, {str(out)!r}, overwrite=True, **json.loads(sys.argv[1])); "
         "print(json.dumps(spec.rows))"
     )
     start = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(options)], stdout=subprocess.PIPE)
+    # `python -c` puts the working directory first on sys.path: the checkout's package wins
+    proc = subprocess.Popen([sys.executable, "-c", code, json.dumps(options)], stdout=subprocess.PIPE, cwd=code_dir)
     peak = 0
 
     def sample() -> None:

@@ -1,6 +1,7 @@
-"""Preprocessing rate and peak memory: ``--dataset criteo`` vs ``--dataset tabular`` with the Criteo
-schema (since issue 12 both read through the shipped schema with pyarrow, so they should match) on
-the same generated Criteo TSV, and the schema path on a generated Parquet
+"""Preprocessing rate and peak memory: the Criteo reader from before issue 12 (a checkout of that
+commit, ``--baseline``, run side by side in the same run), ``--dataset criteo`` and ``--dataset
+tabular`` with the Criteo schema (since issue 12 both read through the shipped schema with pyarrow,
+so they should match) on the same generated Criteo TSV, and the schema path on a generated Parquet
 click log (``examples/click_log``: a multi-hot list column, a timestamp giving hour and weekday,
 hashed and counted fields).
 
@@ -9,19 +10,24 @@ processes, vocabularies with a counting pass), timed end to end (plan, count, en
 peak RSS summed over the process tree sampled every 0.2 s (``preprocess_bench.run_preprocess``).
 Results: ``benchmarks/results/preprocess_tabular.{json,md}``.
 
-Run: ``.venv/bin/python benchmarks/preprocess_tabular_bench.py --criteo-rows 1000000 --parquet-rows 3000000``
-(the defaults are scaled so that the whole run stays within about five minutes on two busy cores).
+Run::
+
+    git worktree add --detach /tmp/before-12 20c0525   # the last commit with the old Criteo reader
+    .venv/bin/python benchmarks/preprocess_tabular_bench.py --baseline /tmp/before-12
+
+(about five minutes on two cores; without ``--baseline`` the old reader's rows are left out).
 """
 
 import argparse
 import importlib.util
 import json
 import os
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Optional
 
 HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
@@ -37,8 +43,8 @@ def _example_generator() -> Any:
     return module
 
 
-def run(dataset: str, source: str, out: Path, options: Dict[str, Any]) -> Dict[str, Any]:
-    result = run_preprocess(Path(source), out, options, dataset)
+def run(dataset: str, source: str, out: Path, options: Dict[str, Any], code_dir: Optional[Path] = None) -> Dict[str, Any]:
+    result = run_preprocess(Path(source), out, options, dataset, code_dir)
     n = sum(result["rows"].values())
     return {"seconds": result["seconds"], "rows": n, "rows_per_s": n / result["seconds"],
             "peak_rss_tree_mb": result["peak_rss_tree_mb"]}  # fmt: skip
@@ -46,11 +52,12 @@ def run(dataset: str, source: str, out: Path, options: Dict[str, Any]) -> Dict[s
 
 def main(argv: List[str]) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--criteo-rows", type=int, default=1_000_000)
+    parser.add_argument("--criteo-rows", type=int, default=2_000_000)
     parser.add_argument("--parquet-rows", type=int, default=3_000_000)
     parser.add_argument("--row-group", type=int, default=250_000)
     parser.add_argument("--workers", type=int, default=2)
     parser.add_argument("--chunk-mb", type=float, default=16.0)
+    parser.add_argument("--baseline", type=Path, help="a checkout of the commit before issue 12 (its Criteo reader)")
     args = parser.parse_args(argv)
     work = Path(tempfile.mkdtemp(prefix="tabular-bench-"))
     criteo_schema = str(ROOT / "iarm_torchrec" / "data" / "schemas" / "criteo.yaml")
@@ -65,20 +72,25 @@ def main(argv: List[str]) -> None:
     gen_parquet = time.perf_counter() - start
     options = {"workers": args.workers, "chunk_mb": args.chunk_mb}
     runs = []
-    for name, dataset, source, extra in (
-        ("criteo TSV, --dataset criteo", "criteo", str(tsv), {}),
-        ("criteo TSV, schema (pyarrow)", "tabular", str(tsv), {"schema": criteo_schema}),
-        ("criteo TSV, --dataset criteo (again)", "criteo", str(tsv), {}),
-        ("click log Parquet, schema (pyarrow)", "tabular", str(work / "clicks"), {"schema": click_schema}),
-    ):
-        if extra.get("schema") == criteo_schema:  # the schema names train.txt in the folder
-            source = str(work)
-        result = run(dataset, source, work / "out", {**options, **extra})
-        runs.append({"name": name, "dataset": dataset, **result, "load_average": os.getloadavg()[0]})
+    plan = [
+        ("criteo TSV, --dataset criteo", "criteo", str(tsv), {}, None),
+        ("criteo TSV, --dataset tabular (Criteo schema)", "tabular", str(work), {"schema": criteo_schema}, None),
+        ("click log Parquet, --dataset tabular", "tabular", str(work / "clicks"), {"schema": click_schema}, None),
+    ]
+    if args.baseline:  # before and after the current code, so that drifting load shows
+        before = ("criteo TSV, before issue 12 (old reader)", "criteo", str(tsv), {}, args.baseline)
+        plan = [before, *plan[:2], before, plan[2]]
+    for name, dataset, source, extra, code_dir in plan:
+        result = run(dataset, source, work / "out", {**options, **extra}, code_dir)
+        runs.append({"name": name, "dataset": dataset, "code": str(code_dir or "current"), **result,
+                     "load_average": os.getloadavg()[0]})  # fmt: skip
         print(json.dumps(runs[-1]), flush=True)
-    builtin = sum(r["rows_per_s"] for r in runs if r["dataset"] == "criteo") / 2
+    reference = [r for r in runs if r["code"] != "current"] or [r for r in runs if r["dataset"] == "criteo"]
+    rate = sum(r["rows_per_s"] for r in reference) / len(reference)
+    rss = sum(r["peak_rss_tree_mb"] for r in reference) / len(reference)
     for r in runs:
-        r["relative_to_builtin_criteo"] = r["rows_per_s"] / builtin
+        r["rate_vs_reference"] = r["rows_per_s"] / rate
+        r["rss_vs_reference"] = r["peak_rss_tree_mb"] / rss
     report = {
         "criteo_rows": args.criteo_rows,
         "criteo_mb": tsv.stat().st_size / 2**20,
@@ -89,31 +101,38 @@ def main(argv: List[str]) -> None:
         "options": options,
         "runs": runs,
         "cpus": len(os.sched_getaffinity(0)),
+        "reference": reference[0]["name"],
+        "baseline_commit": _commit(args.baseline) if args.baseline else None,
     }
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "preprocess_tabular.json").write_text(json.dumps(report, indent=2) + "\n")
+    ref = "before issue 12" if args.baseline else "--dataset criteo"
     lines = [
-        "# Preprocessing: --dataset criteo vs --dataset tabular with the Criteo schema (pyarrow)",
+        "# Preprocessing: the Criteo reader before issue 12, --dataset criteo and the Criteo schema (pyarrow)",
         "",
         f"Inputs: a generated Criteo TSV of {args.criteo_rows:,} rows ({report['criteo_mb']:.0f} MiB) and a generated "
         f"Parquet click log of {args.parquet_rows:,} rows in {args.row_group:,}-row row groups ({report['parquet_mb']:.0f} MiB, "
         "examples/click_log: a list<string> tags column, a timestamp giving hour and weekday, a hashed item id). "
         f"{args.workers} workers, {args.chunk_mb:g} MiB chunks, vocabularies with a counting pass, on {report['cpus']} CPUs "
-        "shared with other jobs: compare the rows within this table (same run, same load), not with other days' figures. "
-        "The issue's reference (2M rows) was scaled down to keep the whole run near five minutes.",
+        "that other jobs may share: compare the rows within this table (same run, same load), not with other days' figures."
+        + (f" The old reader is commit {report['baseline_commit']}, run from its own checkout; it ran before and after "
+           "the current code and the reference figures are the mean of its two runs." if args.baseline else ""),
         "",
-        "| run | rows | seconds | rows/s | vs --dataset criteo | peak RSS, all processes (MiB) | load avg |",
-        "|---|---|---|---|---|---|---|",
+        f"| run | rows | seconds | rows/s | rate vs {ref} | peak RSS, all processes (MiB) | RSS vs {ref} | load avg |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in runs:
         lines.append(
-            f"| {r['name']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['relative_to_builtin_criteo']:.2f}x "
-            f"| {r['peak_rss_tree_mb']:.0f} | {r['load_average']:.1f} |"
+            f"| {r['name']} | {r['rows']:,} | {r['seconds']:.1f} | {r['rows_per_s']:,.0f} | {r['rate_vs_reference']:.2f}x "
+            f"| {r['peak_rss_tree_mb']:.0f} | {r['rss_vs_reference']:.2f}x | {r['load_average']:.1f} |"
         )
-    lines += ["", "--dataset criteo ran before and after the schema run; its rate is their mean.",
-              "Produced by `benchmarks/preprocess_tabular_bench.py`."]
+    lines += ["", "Produced by `benchmarks/preprocess_tabular_bench.py`."]
     (RESULTS / "preprocess_tabular.md").write_text("\n".join(lines) + "\n")
     print("\n".join(lines))
+
+
+def _commit(checkout: Path) -> str:
+    return subprocess.run(["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
 
 
 if __name__ == "__main__":

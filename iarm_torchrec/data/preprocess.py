@@ -206,13 +206,27 @@ def _numeric_of(reader: RowReader, name: str, default: str) -> str:
     return getattr(reader, "numeric_transforms", {}).get(name, default)
 
 
+WORKER_ARROW_POOL = "jemalloc"
+"""Arrow's allocator in the worker processes, unless ``ARROW_DEFAULT_MEMORY_POOL`` names another:
+jemalloc hands a parsed chunk's memory back sooner than Arrow's default (mimalloc). Measured on a
+1M-row Criteo TSV, 2 workers: peak RSS of the process tree 473-481 MiB against 561-568, at the same
+rate (``benchmarks/results/preprocess_tabular.md``)."""
+
+
 @contextlib.contextmanager
 def _pool(workers: int, chunks: int) -> Iterator[Optional[Pool]]:
     """Worker processes for every pass of one run (``None``: run inline, for one worker or one chunk)."""
     if workers <= 1 or chunks <= 1:
         yield None
         return
-    with multiprocessing.get_context("spawn").Pool(min(workers, chunks)) as pool:
+    chosen = os.environ.get("ARROW_DEFAULT_MEMORY_POOL")
+    os.environ["ARROW_DEFAULT_MEMORY_POOL"] = chosen or WORKER_ARROW_POOL  # read by the spawned workers only
+    try:
+        pool = multiprocessing.get_context("spawn").Pool(min(workers, chunks))
+    finally:
+        if chosen is None:
+            del os.environ["ARROW_DEFAULT_MEMORY_POOL"]
+    with pool:
         yield pool
 
 
