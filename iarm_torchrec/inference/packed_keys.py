@@ -12,11 +12,11 @@ A vocabulary is a sorted ``uint64`` array (:class:`~iarm_torchrec.data.vocab.Voc
 Decoding needs numpy and zlib only: ``docs/serving.md`` gives a client without this package the
 two lines of :func:`unpack_keys`.
 
-Measured (``benchmarks/vocab_size_bench.py``, ``benchmarks/results/vocab_size.md``): ~2.1 bytes a key
-for a million Criteo-like 8-hex tokens, 0.5-1.6 on MovieLens-1M's, against 8. First differences of
-the keys before the planes (smaller numbers, but their borrows turn a token's characters into any
-byte) packed 13% larger on the hex tokens; bz2 and lzma packed 8-10% smaller but decode 5-12x slower
-and are missing from some Python builds.
+Measured (``benchmarks/vocab_size_bench.py``, ``benchmarks/results/vocab_size.md``): 2.1 bytes a key
+for a million Criteo-like 8-hex tokens (the information bound of such a set is 1.69), 0.5-1.5 on
+MovieLens-1M's, against 8. First differences of the keys before the planes (smaller numbers, but their
+borrows turn a token's characters into any byte) packed 13% larger on the hex tokens; bz2 and lzma
+packed 9-10% smaller but unpack 3-15x slower and are missing from some Python builds.
 
 >>> keys = np.array([97, 98, 2**64 - 1], dtype=np.uint64)
 >>> unpack_keys(pack_keys(keys)).tolist() == keys.tolist()
