@@ -189,7 +189,7 @@ def main(argv: Optional[List[str]] = None) -> int:
         sets = {name: measure(fields) for name, fields in vocabulary_sets(Path(tmp), args.synthetic_tokens).items()}
     synthetic = next(name for name in sets if name.startswith("synthetic"))
     report = {
-        "command": "python benchmarks/vocab_size_bench.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": " ".join(["python benchmarks/vocab_size_bench.py", *(argv if argv is not None else sys.argv[1:])]),
         "machine": machine(),
         "zlib": zlib.ZLIB_RUNTIME_VERSION,
         "row_bytes": {"int8_d16": INT8_ROW, "int4_d16": INT4_ROW},
