@@ -16,7 +16,7 @@ Measured (``benchmarks/vocab_size_bench.py``, ``benchmarks/results/vocab_size.md
 for a million Criteo-like 8-hex tokens (the information bound of such a set is 1.69), 0.5-1.5 on
 MovieLens-1M's, against 8. First differences of the keys before the planes (smaller numbers, but their
 borrows turn a token's characters into any byte) packed 13% larger on the hex tokens; bz2 and lzma
-packed 9-10% smaller but unpack ~5x (lzma) and ~15x (bz2) slower, and are missing from some Python builds.
+packed 9-10% smaller but unpack 5-7x (lzma) and 15-20x (bz2) slower, and are missing from some Python builds.
 
 >>> keys = np.array([97, 98, 2**64 - 1], dtype=np.uint64)
 >>> unpack_keys(pack_keys(keys)).tolist() == keys.tolist()
