@@ -13,7 +13,9 @@ On MovieLens-1M (``paper`` field set, 20% test split) with an IARM trained brief
    alive and answers correctly.
 
 Everything is bounded in requests and seconds and talks to 127.0.0.1 only. Results:
-``benchmarks/results/serve.json`` and ``.md`` with the ratios of the issue's targets.
+``benchmarks/results/serve.json`` and ``.md`` with the ratios of the issue's targets. What the
+vocabularies cost per id (real MovieLens-1M and Criteo vocabularies and a Criteo-size synthetic one,
+against the int8 / int4 tables) is the quick ``benchmarks/vocab_size_bench.py``.
 
 Usage::
 

@@ -1,9 +1,12 @@
-"""The serving artifact: quantized + scripted model equal to the float model, loadable without this
-package, scored by ``iarm predict`` like the float export; every registered model scripts."""
+"""The serving artifact: quantized + scripted model equal to the float model, loadable (vocabularies
+included) without this package, scored by ``iarm predict`` like the float export, refused when of
+another format or damaged; every registered model scripts."""
 
+import io
 import json
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 from typing import Dict
 
@@ -18,7 +21,16 @@ from iarm_torchrec.data.synthetic import TSV_DIR
 from iarm_torchrec.features import FeatureConfig, SparseFeature
 from iarm_torchrec.inference.export import load_exported
 from iarm_torchrec.inference.predict import predict
-from iarm_torchrec.inference.serving import META_FILE, ServingArtifact, export_serving, is_serving_artifact, script_module
+from iarm_torchrec.inference.packed_keys import pack_keys
+from iarm_torchrec.inference.serving import (
+    META_FILE,
+    SERVING_FORMAT,
+    ServingArtifact,
+    export_serving,
+    is_serving_artifact,
+    read_extra_files,
+    script_module,
+)
 from iarm_torchrec.models.registry import MODEL_NAMES, make_config
 from iarm_torchrec.train.layout import RUN_FILE
 from train_utils import checkpointed_run
@@ -88,7 +100,8 @@ def test_the_artifact_is_no_larger_than_its_tables_plus_a_constant(artifacts: Di
 
 
 def test_the_artifact_loads_without_this_package(artifacts: Dict[str, Path], tmp_path: Path) -> None:
-    """``torch.jit.load`` in a Python with torch, fbgemm and torchrec but where ``import iarm_torchrec`` fails."""
+    """``torch.jit.load`` in a Python with torch, fbgemm and torchrec but where ``import iarm_torchrec`` fails,
+    and the vocabularies read from the zip and decoded with numpy and zlib as ``docs/serving.md`` shows."""
     artifact = ServingArtifact.load(artifacts["int8"])
     keys = artifact.metadata["inputs"]["sparse_keys"]
     batch = 5
@@ -107,13 +120,21 @@ except ImportError:
     pass
 else:
     raise SystemExit("iarm_torchrec is importable here: the test proves nothing")
-import json, torch, fbgemm_gpu, torchrec
+import json, zipfile, zlib, numpy as np, torch, fbgemm_gpu, torchrec
 extra = {{{META_FILE!r}: ""}}
 module = torch.jit.load({str(artifacts["int8"])!r}, _extra_files=extra)
 meta = json.loads(extra[{META_FILE!r}])
 x = torch.load({str(tmp_path / "inputs.pt")!r})
 kjt = torchrec.KeyedJaggedTensor(keys=meta["inputs"]["sparse_keys"], values=x["values"], lengths=x["lengths"])
 torch.save(module(x["dense"], kjt), {str(tmp_path / "out.pt")!r})
+with zipfile.ZipFile({str(artifacts["int8"])!r}) as z:
+    files = {{n.split("/extra/", 1)[1]: z.read(n) for n in z.namelist() if "/extra/iarm/" in n}}
+vocab = {{}}
+for field, e in meta["encoders"]["fields"].items():
+    if e["kind"] == "vocab":
+        planes = np.frombuffer(zlib.decompress(files[e["file"]]), np.uint8).reshape(8, -1)
+        vocab[field] = planes.T.copy().view("<u8").ravel()
+np.savez({str(tmp_path / "vocab.npz")!r}, **vocab)
 print(meta["model"], meta["quantization"])
 """
     site = [p for p in sys.path if p.endswith("site-packages")]
@@ -123,6 +144,56 @@ print(meta["model"], meta["quantization"])
     assert result.returncode == 0, result.stderr[-3000:]
     assert result.stdout.split()[-2:] == ["iarm", "int8"]
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected)
+    decoded = np.load(tmp_path / "vocab.npz")
+    fields = artifact.metadata["encoders"]["fields"]
+    assert sorted(decoded.files) == sorted(f for f, e in fields.items() if e["kind"] == "vocab") != []
+    for field in decoded.files:
+        keys = np.load(io.BytesIO(artifact.data_files[f"vocab/{field}.npy"]))
+        assert np.array_equal(decoded[field], keys) and len(keys) + 1 == fields[field]["size"]
+
+
+def test_the_vocabularies_are_stored_packed(artifacts: Dict[str, Path], data_dir: Path) -> None:
+    """Each vocabulary is in the artifact as pack_keys of the preprocessed keys, not as its .npy."""
+    stored = read_extra_files(artifacts["int8"])
+    npy = sorted((data_dir / "vocab").glob("*.npy"))
+    assert npy and not any(name.endswith(".npy") for name in stored)
+    for path in npy:
+        keys = np.load(path)
+        blob = stored[f"iarm/data/vocab/{path.stem}.planes.zlib"]
+        assert blob == pack_keys(keys) and len(blob) < path.stat().st_size
+
+
+def _rewritten(artifact: Path, out: Path, change: Dict[str, bytes]) -> Path:
+    """A zip of ``artifact``'s ``iarm/`` extra files with some replaced (enough for the checks that
+    ServingArtifact.load makes before it loads the module)."""
+    with zipfile.ZipFile(out, "w") as archive:
+        for name, body in read_extra_files(artifact).items():
+            archive.writestr(f"archive/extra/{name}", change.get(name, body))
+    return out
+
+
+@pytest.mark.parametrize("version", ["iarm_torchrec.serving/1", "iarm_torchrec.serving/3"])
+def test_another_format_is_refused_in_one_line_naming_the_file(version: str, artifacts: Dict[str, Path], tmp_path: Path) -> None:
+    meta = json.loads(read_extra_files(artifacts["int8"])[META_FILE])
+    other = _rewritten(artifacts["int8"], tmp_path / "other.pt", {META_FILE: json.dumps({**meta, "format": version}).encode()})
+    with pytest.raises(ValueError) as error:
+        ServingArtifact.load(other)
+    message = str(error.value)
+    assert "\n" not in message and message.startswith(f"{other}: serving format {version!r}")
+    assert SERVING_FORMAT in message and "export the run again" in message
+
+
+def test_a_damaged_vocabulary_is_refused(artifacts: Dict[str, Path], data_dir: Path, tmp_path: Path) -> None:
+    stored = read_extra_files(artifacts["int8"])
+    name = next(n for n in stored if n.endswith(".planes.zlib"))
+    truncated = _rewritten(artifacts["int8"], tmp_path / "truncated.pt", {name: stored[name][:-4]})
+    with pytest.raises(ValueError) as error:
+        ServingArtifact.load(truncated)
+    assert str(error.value).startswith(f"{truncated}: {name}: not a u64le-byteplanes-zlib packing")
+    keys = np.load(data_dir / "vocab" / (Path(name).name[: -len(".planes.zlib")] + ".npy"))
+    other_keys = _rewritten(artifacts["int8"], tmp_path / "other.pt", {name: pack_keys(keys[1:])})
+    with pytest.raises(ValueError, match="encoders' data do not match their version .*: the artifact is damaged"):
+        ServingArtifact.load(other_keys)
 
 
 def test_predict_reads_the_artifact_like_the_export(

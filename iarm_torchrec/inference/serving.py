@@ -14,12 +14,18 @@
    package), and :func:`torch.jit.script` compiles the graph;
 4. :func:`torch.jit.save` writes it with ``_extra_files``:
 
-   * ``iarm/serving.json``: ``{"format": "iarm_torchrec.serving/1", "model", "model_config",
+   * ``iarm/serving.json``: ``{"format": "iarm_torchrec.serving/2", "model", "model_config",
      "quantization", "training_run", "inputs" (the KJT's keys in order, one-hot / multi-hot /
      dense fields, dense column order), "encoders" (key scheme, OOV id, hashing, numeric transform
-     and statistics, vocabulary files and sizes, ``version``: a digest of all of it), "versions"}``;
-   * ``iarm/data/spec.json`` and ``iarm/data/vocab/<field>.npy``: the preprocessed folder without
-     its splits (each vocabulary a sorted ``uint64`` ``.npy`` array: key ``keys[i]`` -> id ``i+1``).
+     and statistics, vocabulary files, their ``vocab_format`` and sizes, ``version``: a digest of
+     all of it, the vocabularies counted by their keys), "versions"}``;
+   * ``iarm/data/spec.json`` and ``iarm/data/vocab/<field>.planes.zlib``: the preprocessed folder
+     without its splits, each vocabulary (sorted ``uint64`` keys: key ``keys[i]`` -> id ``i+1``)
+     packed by :func:`~iarm_torchrec.inference.packed_keys.pack_keys` (~2 bytes a key, not 8).
+
+:meth:`ServingArtifact.load` reads format 2 only (format 1, with ``.npy`` vocabularies, is refused
+with a line naming the file: export the run again), unpacks the vocabularies into the preprocessed
+folder's ``vocab/<field>.npy`` and checks them against the encoders' ``version``.
 
 The scripted module's ``forward(dense_features: Tensor[B, N] float32, sparse_features:
 KeyedJaggedTensor) -> Tensor[B]`` loads with ``torch.jit.load`` in any Python holding torch,
@@ -45,10 +51,13 @@ from iarm_torchrec.data.encoders import RowEncoder
 from iarm_torchrec.data.preprocess import VOCAB_DIR
 from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_path
+from iarm_torchrec.inference.packed_keys import KEYS_FORMAT, pack_keys, unpack_keys
 
-SERVING_FORMAT = "iarm_torchrec.serving/1"
+SERVING_FORMAT = "iarm_torchrec.serving/2"
 META_FILE = "iarm/serving.json"
 DATA_PREFIX = "iarm/data/"
+NPY = ".npy"  # a vocabulary in the preprocessed folder
+PACKED = ".planes.zlib"  # the same in the artifact
 QUANTIZATIONS: Dict[str, torch.dtype] = {
     "int8": torch.qint8,
     "int4": torch.quint4x2,
@@ -111,10 +120,43 @@ def script_module(model: nn.Module, quantization: str = "int8") -> torch.jit.Scr
 
 
 def _digest(files: Dict[str, bytes], encoders: Dict[str, Any]) -> str:
+    """The encoders' ``version``: a digest of their description and of the preprocessed folder's
+    ``files``, each vocabulary by its keys (so the same keys give the same version whichever numpy
+    or zlib wrote them)."""
     h = hashlib.sha256(json.dumps(encoders, sort_keys=True).encode())
     for name in sorted(files):
-        h.update(name.encode() + b"\0" + files[name])
+        body = np.load(io.BytesIO(files[name])).astype("<u8").tobytes() if name.endswith(NPY) else files[name]
+        h.update(name.encode() + b"\0" + body)
     return h.hexdigest()[:16]
+
+
+def _packed(files: Dict[str, bytes]) -> Dict[str, bytes]:
+    """The preprocessed folder's files as the artifact stores them: each ``vocab/<field>.npy`` as
+    ``vocab/<field>.planes.zlib`` (:func:`~iarm_torchrec.inference.packed_keys.pack_keys`)."""
+    stored: Dict[str, bytes] = {}
+    for name, body in files.items():
+        if name.endswith(NPY):
+            stored[name[: -len(NPY)] + PACKED] = pack_keys(np.load(io.BytesIO(body)))
+        else:
+            stored[name] = body
+    return stored
+
+
+def _unpacked(stored: Dict[str, bytes], path: Path) -> Dict[str, bytes]:
+    """The artifact's data files back as the preprocessed folder's (vocabularies as ``.npy``)."""
+    files: Dict[str, bytes] = {}
+    for name, body in stored.items():
+        if not name.endswith(PACKED):
+            files[name] = body
+            continue
+        try:
+            keys = unpack_keys(body)
+        except ValueError as error:
+            raise ValueError(f"{path}: {DATA_PREFIX}{name}: {error}: the artifact is damaged; export it again") from None
+        npy = io.BytesIO()
+        np.save(npy, keys)
+        files[name[: -len(PACKED)] + NPY] = npy.getvalue()
+    return files
 
 
 def serving_metadata(payload: Dict[str, Any], quantization: str, data_files: Dict[str, bytes]) -> Dict[str, Any]:
@@ -135,11 +177,12 @@ def serving_metadata(payload: Dict[str, Any], quantization: str, data_files: Dic
         "multi_hot_separator": "|",
         "numeric": options.get("numeric", "none"),
         "numeric_stats": options.get("numeric_stats", {}),
+        "vocab_format": KEYS_FORMAT,
         "fields": {
             f.name: (
                 {"kind": "hash", "buckets": int(buckets[f.name]), "size": f.vocab_size}
                 if f.name in buckets
-                else {"kind": "vocab", "file": f"{DATA_PREFIX}{vocab_dir}/{f.name}.npy", "size": f.vocab_size}
+                else {"kind": "vocab", "file": f"{DATA_PREFIX}{vocab_dir}/{f.name}{PACKED}", "size": f.vocab_size}
             )
             for f in spec.sparse
         },
@@ -195,7 +238,7 @@ def export_serving(
     data_files = {name: data.numpy().tobytes() for name, data in payload["data_files"].items()}
     metadata = serving_metadata(payload, quantize, data_files)
     extra: Dict[str, Any] = {META_FILE: json.dumps(metadata, indent=1)}
-    extra.update({DATA_PREFIX + name: data for name, data in data_files.items()})
+    extra.update({DATA_PREFIX + name: data for name, data in _packed(data_files).items()})
     scripted = script_module(model, quantize)
     out = Path(out)
     with atomic_path(out) as tmp:
@@ -230,7 +273,7 @@ class ServingArtifact:
     path: Path
     module: torch.jit.ScriptModule
     metadata: Dict[str, Any]
-    data_files: Dict[str, bytes]  # relative to the preprocessed folder: spec.json, vocab/<field>.npy
+    data_files: Dict[str, bytes]  # the preprocessed folder's, unpacked: spec.json, vocab/<field>.npy
 
     @classmethod
     def load(cls, path: PathLike) -> "ServingArtifact":
@@ -243,8 +286,15 @@ class ServingArtifact:
         files = read_extra_files(path)
         metadata = json.loads(files[META_FILE])
         if metadata.get("format") != SERVING_FORMAT:
-            raise ValueError(f"{path}: serving format {metadata.get('format')!r}, this version reads {SERVING_FORMAT!r}")
-        data = {name[len(DATA_PREFIX) :]: body for name, body in files.items() if name.startswith(DATA_PREFIX)}
+            raise ValueError(f"{path}: serving format {metadata.get('format')!r}, but this iarm_torchrec reads "
+                             f"{SERVING_FORMAT!r} only: export the run again with iarm export RUN --serving")
+        data = _unpacked({name[len(DATA_PREFIX) :]: body for name, body in files.items() if name.startswith(DATA_PREFIX)}, path)
+        encoders = dict(metadata["encoders"])
+        version = encoders.pop("version")
+        if _digest(data, encoders) != version:
+            raise ValueError(
+                f"{path}: its encoders' data do not match their version {version}: the artifact is damaged; export it again"
+            )
         module = torch.jit.load(str(path), map_location="cpu")
         module.eval()
         for parameter in module.parameters():  # scoring only: no autograd records, plain .numpy()
@@ -271,7 +321,8 @@ class ServingArtifact:
 
     def size_report(self) -> Dict[str, int]:
         """Bytes of the file, of its embedding tables as the TBEs store them (row-wise quantized rows
-        with their alignment), of the other (dense) weights and of the encoders' data."""
+        with their alignment), of the other (dense) weights and of the encoders' data as stored
+        (``serving.json``, the spec, the packed vocabularies)."""
         tables = dense = 0
         for name, t in self.module.state_dict().items():
             size = t.numel() * t.element_size()
@@ -283,18 +334,13 @@ class ServingArtifact:
             "file_bytes": self.path.stat().st_size,
             "table_bytes": int(tables),
             "dense_bytes": int(dense),
-            "encoder_bytes": sum(len(b) for b in self.data_files.values()) + len(json.dumps(self.metadata)),
+            "encoder_bytes": sum(len(b) for b in read_extra_files(self.path).values()),
         }
 
 
 def _vocab_subdir(spec: FeatureSpec) -> str:
     vocab_dir = spec.options.get("vocab_dir", VOCAB_DIR)
     return VOCAB_DIR if Path(vocab_dir).is_absolute() else vocab_dir
-
-
-def vocabulary(data_files: Dict[str, bytes], name: str) -> np.ndarray:
-    """A field's vocabulary keys from an artifact's data files."""
-    return np.load(io.BytesIO(data_files[name]))
 
 
 __all__: List[str] = [
