@@ -260,11 +260,10 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
   }
 }
 
-// Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide, and with
-// `residual` then [r] (H D wide, W_Res e_m from the same GEMM), added to the attention output.
+// Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide.
 template <int D>
-void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out, bool residual) {
-  const int64_t C = (residual ? 4 : 3) * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
+void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
+  const int64_t C = 3 * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(M * C), ob(M * O), a(M * M);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -274,17 +273,14 @@ void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out, bo
       for (int64_t h = 0; h < H; ++h)
         forward_head<D>(xb.data() + h * D, xb.data() + (H + h) * D, xb.data() + (2 * H + h) * D, C, M, a.data(),
                         ob.data() + h * D, O);
-      if (residual)
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t t = 0; t < O; ++t) ob[i * O + t] += xb[i * C + 3 * O + t];
       scatter(ob.data(), M * O, valid, out + b0 * M * O, M * O);
     }
   });
 }
 
 template <int D>
-void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad, bool residual) {
-  const int64_t C = (residual ? 4 : 3) * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
+void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad) {
+  const int64_t C = 3 * H * D, O = H * D, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(M * C), gb(M * O), db(M * C), a(M * M), ds(M * M);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -296,9 +292,6 @@ void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64
         backward_head<D>(xb.data() + h * D, xb.data() + (H + h) * D, xb.data() + (2 * H + h) * D, C,
                          gb.data() + h * D, O, M, db.data() + h * D, db.data() + (H + h) * D,
                          db.data() + (2 * H + h) * D, a.data(), ds.data());
-      if (residual)  // d(out)/d(r) is the identity
-        for (int64_t i = 0; i < M; ++i)
-          for (int64_t t = 0; t < O; ++t) db[i * C + 3 * O + t] = gb[i * O + t];
       scatter(db.data(), M * C, valid, grad + b0 * M * C, M * C);
     }
   });
@@ -314,28 +307,25 @@ void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64
     default: TORCH_CHECK(false, "field attention: head_dim must be one of 4, 8, 16, 32, 64, got ", d); \
   }
 
-void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim, int64_t parts = 3) {
+void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
   TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 3,
-              "field attention: qkv must be a float32 CPU tensor B x M x ", parts, "Hd, got ", qkv.scalar_type(), " ", qkv.sizes());
-  TORCH_CHECK(heads > 0 && qkv.size(2) == parts * heads * head_dim, "field attention: qkv's last dimension ", qkv.size(2),
-              " is not ", parts, " * heads (", heads, ") * head_dim (", head_dim, ")");
+              "field attention: qkv must be a float32 CPU tensor B x M x 3Hd, got ", qkv.scalar_type(), " ", qkv.sizes());
+  TORCH_CHECK(heads > 0 && qkv.size(2) == 3 * heads * head_dim, "field attention: qkv's last dimension ", qkv.size(2),
+              " is not 3 * heads (", heads, ") * head_dim (", head_dim, ")");
 }
 
-// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd; with `residual`,
-// B x M x 4Hd whose last Hd columns are added to the output.
-at::Tensor forward_impl(const at::Tensor& qkv_in, int64_t heads, int64_t head_dim, bool residual) {
-  check_qkv(qkv_in, heads, head_dim, residual ? 4 : 3);
+// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd.
+at::Tensor field_attention_forward(const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
+  check_qkv(qkv_in, heads, head_dim);
   const at::Tensor qkv = qkv_in.contiguous();
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1), heads * head_dim}, qkv.options());
-  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<float>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<float>(),
-                    residual);
+  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<float>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<float>());
   return out;
 }
 
 // d(loss)/d(qkv) from d(loss)/d(out).
-at::Tensor backward_impl(const at::Tensor& grad_out, const at::Tensor& qkv_in, int64_t heads, int64_t head_dim,
-                         bool residual) {
-  check_qkv(qkv_in, heads, head_dim, residual ? 4 : 3);
+at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
+  check_qkv(qkv_in, heads, head_dim);
   const at::Tensor qkv = qkv_in.contiguous();
   const at::Tensor gout = grad_out.contiguous();
   const int64_t B = qkv.size(0), M = qkv.size(1);
@@ -343,22 +333,8 @@ at::Tensor backward_impl(const at::Tensor& grad_out, const at::Tensor& qkv_in, i
               ", expected ", at::IntArrayRef({B, M, heads * head_dim}));
   at::Tensor grad = at::empty_like(qkv);
   DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<float>(), gout.data_ptr<float>(), B, M, heads,
-                    grad.data_ptr<float>(), residual);
+                    grad.data_ptr<float>());
   return grad;
-}
-
-at::Tensor field_attention_forward(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
-  return forward_impl(qkv, heads, head_dim, false);
-}
-at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
-  return backward_impl(grad_out, qkv, heads, head_dim, false);
-}
-at::Tensor field_attention_residual_forward(const at::Tensor& y, int64_t heads, int64_t head_dim) {
-  return forward_impl(y, heads, head_dim, true);
-}
-at::Tensor field_attention_residual_backward(const at::Tensor& grad_out, const at::Tensor& y, int64_t heads,
-                                             int64_t head_dim) {
-  return backward_impl(grad_out, y, heads, head_dim, true);
 }
 
 }  // namespace
@@ -366,13 +342,9 @@ at::Tensor field_attention_residual_backward(const at::Tensor& grad_out, const a
 TORCH_LIBRARY(iarm, m) {
   m.def("field_attention_forward(Tensor qkv, int heads, int head_dim) -> Tensor");
   m.def("field_attention_backward(Tensor grad_out, Tensor qkv, int heads, int head_dim) -> Tensor");
-  m.def("field_attention_residual_forward(Tensor y, int heads, int head_dim) -> Tensor");
-  m.def("field_attention_residual_backward(Tensor grad_out, Tensor y, int heads, int head_dim) -> Tensor");
 }
 
 TORCH_LIBRARY_IMPL(iarm, CPU, m) {
   m.impl("field_attention_forward", &field_attention_forward);
   m.impl("field_attention_backward", &field_attention_backward);
-  m.impl("field_attention_residual_forward", &field_attention_residual_forward);
-  m.impl("field_attention_residual_backward", &field_attention_residual_backward);
 }
