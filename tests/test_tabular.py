@@ -122,6 +122,18 @@ def test_label_rule_derived_fields_and_neutral_rows(tmp_path):
     assert enc.rows == {"test": 30} and enc.options["neutral_rows"] == 6
 
 
+def test_a_missing_epoch_time_derives_missing_parts_not_1970():
+    import pyarrow as pa
+
+    from iarm_torchrec.data.schema import TimeSource
+    from iarm_torchrec.data.times import part_keys, time_seconds
+    from iarm_torchrec.data.vocab import token_keys
+
+    seconds, ok = time_seconds(pa.array([b"1700000000", b"", None, b"x"], pa.binary()), TimeSource("ts"))
+    assert ok.tolist() == [True, True, True, False]  # empty and null are missing, "x" is not a time
+    assert part_keys(seconds, ok, "hour").tolist() == [token_keys(np.array([b"22"]))[0], 0, 0, 0]
+
+
 def test_bad_rows_name_file_line_and_field(tmp_path):
     schema = {"format": "csv", "files": "b.csv", "label": "y", "fields": [{"name": "u", "kind": "categorical"}, {"name": "x", "kind": "numeric"}], "user_fields": ["u"]}
     _write(tmp_path / "b.csv", "y,u,x\n1,a,2\n0,b\n1,c,zz\n0,d,4\n")

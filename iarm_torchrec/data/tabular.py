@@ -330,7 +330,7 @@ class TabularReader(RowReader):
         for chunk, data in zip(chunks, chunk_payloads(chunks)):
             table, _, _ = self._read(chunk, data, [self.schema.time_column.column], checking=False)
             t, ok = self._times(table.column(0), self.schema.time_column)
-            times.append(np.where(ok, t, np.inf))
+            times.append(np.where(ok, np.nan_to_num(t), np.inf))  # a missing time sorts as 1970, a bad one last
         every = np.concatenate(times)
         total = len(every)
         n_train = int(round(total * splits.train_ratio))
@@ -434,7 +434,8 @@ class TabularReader(RowReader):
                 checker.flag(bad, lambda i: f"field {name}: {show_token(values[i])} is not UTF-8 text (undecodable bytes)")
 
     def _times(self, column, source: TimeSource, checker: Optional[RowChecker] = None, name: str = "") -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-        """A time column -> (float64 seconds since the epoch, valid mask) (:func:`~iarm_torchrec.data.times.time_seconds`); bad values flagged."""
+        """A time column -> (float64 seconds since the epoch, NaN if missing; valid mask)
+        (:func:`~iarm_torchrec.data.times.time_seconds`); bad values flagged."""
         seconds, ok = time_seconds(column, source)
         if checker is not None:
             checker.flag(~ok, lambda i: f"field {name}: {_shown(column[i].as_py())} is not a time "
@@ -564,7 +565,7 @@ class TabularReader(RowReader):
             return None
         assert self.schema.time_column is not None
         t, ok = self._times(col[self.schema.time_column.column], self.schema.time_column, checker, self.schema.time_column.column)
-        t = np.where(ok, t, np.inf)
+        t = np.where(ok, np.nan_to_num(t), np.inf)
         codes = np.zeros(len(t), dtype=np.uint8)
         for value, quota, ties in self.time_cuts["cuts"]:  # type: ignore[index]
             tie = t == value

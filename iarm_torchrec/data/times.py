@@ -8,7 +8,8 @@ is the same whichever way its time arrives:
 * an Arrow timestamp or date: its instant (a timestamp without a zone is read as UTC);
 * a ``format``: text parsed by Arrow's ``strptime`` as UTC, valid only if formatting the time again
   gives the text back (so ``2024-02-30`` or trailing characters are not times);
-* else a number of ``unit`` (s, ms, us, ns) since 1970-01-01 UTC, in a text column its decimal text.
+* else a number of ``unit`` (s, ms, us, ns) since 1970-01-01 UTC, in a text column its decimal text;
+  an empty or null number is a missing time, whose parts are missing (key 0), not 1970's.
 
 A part (:data:`~iarm_torchrec.data.schema.PARTS`) is the UTC calendar's: ``hour`` 0-23, ``weekday``
 0 (Monday) to 6, ``day`` 1-31, ``month`` 1-12, ``year``; its key is that of its decimal text
@@ -29,7 +30,8 @@ UNIT_SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 def time_seconds(column, source: TimeSource) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
     """An Arrow array (or chunked array) of ``source``'s times -> ``(float64 seconds [n], valid [n])``;
-    seconds are 0 where a value is not a time."""
+    seconds are NaN where a number is missing (null, or empty text: valid) and 0 where a value is
+    not a time."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -50,7 +52,7 @@ def time_seconds(column, source: TimeSource) -> Tuple[np.ndarray, np.ndarray]:  
     else:
         values, ok = arrow_numbers(column)
         seconds = values * UNIT_SECONDS[source.unit]
-    return np.where(ok, np.nan_to_num(seconds), 0.0), ok
+    return np.where(ok, seconds, 0.0), ok
 
 
 def part_values(seconds: np.ndarray, part: str) -> np.ndarray:
@@ -77,7 +79,9 @@ def part_values(seconds: np.ndarray, part: str) -> np.ndarray:
 
 
 def part_keys(seconds: np.ndarray, ok: np.ndarray, part: str) -> np.ndarray:
-    """The ``uint64`` keys of :func:`part_values`' decimal text; key 0 (missing) where not ``ok``."""
-    keys = token_keys(part_values(seconds, part).astype("S20"))
-    keys[~ok] = 0
+    """The ``uint64`` keys of :func:`part_values`' decimal text; key 0 (missing) where a time is
+    missing (NaN) or not ``ok``."""
+    missing = ~ok | np.isnan(seconds)
+    keys = token_keys(part_values(np.where(missing, 0.0, seconds), part).astype("S20"))
+    keys[missing] = 0
     return keys
