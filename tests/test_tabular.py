@@ -202,6 +202,27 @@ def test_json_rows_with_the_time_column_encode_as_preprocessing(tmp_path, derive
         encoder.encode([{"when": 1}])
 
 
+def test_a_time_column_named_like_a_field(tmp_path):
+    from iarm_torchrec.data.encoders import RowEncoder
+    from iarm_torchrec.data.spec import FeatureSpec, SparseFieldSpec
+
+    def encoder(fields):
+        schema = parse_schema({"format": "csv", "label": "y", "user_fields": [fields[0]["name"]], "fields": fields}).to_dict()
+        sparse = [SparseFieldSpec(f["name"], 9) for f in fields if f["kind"] == "categorical"]
+        dense = [f["name"] for f in fields if f["kind"] == "numeric"]
+        return RowEncoder(FeatureSpec("toy", sparse, dense, options={"hash_buckets": {f.name: 8 for f in sparse}, "schema": schema}), tmp_path)
+
+    hour = {"name": "hour", "kind": "categorical", "derive": {"from": "ts", "part": "hour"}}
+    both = encoder([{"name": "ts", "kind": "numeric"}, hour])  # the field reads the time column itself: both
+    assert both.fields == {"hour": "one_hot", "ts": "dense"}
+    dense, one_hot, _ = both.encode([{"ts": 1_700_000_000}])
+    assert dense.tolist() == [[1_700_000_000]] and (one_hot == both.encode([{"hour": "22"}])[1]).all()
+    # the derived field takes its source's name: the name is the field's, the time cannot be sent
+    own = encoder([{"name": "u", "kind": "categorical"}, {**hour, "name": "ts"}])
+    assert own.fields == {"u": "one_hot", "ts": "one_hot"}
+    assert (own.encode([{"ts": 13}])[1] == own.encode([{"ts": "13"}])[1]).all()
+
+
 def test_bad_rows_name_file_line_and_field(tmp_path):
     schema = {"format": "csv", "files": "b.csv", "label": "y", "fields": [{"name": "u", "kind": "categorical"}, {"name": "x", "kind": "numeric"}], "user_fields": ["u"]}
     _write(tmp_path / "b.csv", "y,u,x\n1,a,2\n0,b\n1,c,zz\n0,d,4\n")
