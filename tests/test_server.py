@@ -21,7 +21,8 @@ from fastapi.testclient import TestClient
 from iarm_torchrec.data.loader import sparse_features
 from iarm_torchrec.inference.batcher import MicroBatcher, QueueFull
 from iarm_torchrec.inference.server import ServeSettings, create_app
-from iarm_torchrec.inference.serving import ServingArtifact, export_serving
+from iarm_torchrec.data.spec import SPEC_FILE
+from iarm_torchrec.inference.serving import DATA_PREFIX, META_FILE, ServingArtifact, export_serving
 from dist_utils import free_port
 from train_utils import checkpointed_run, run_env
 
@@ -107,6 +108,32 @@ def test_bad_requests_get_a_4xx_naming_the_problem(client: TestClient, body: byt
     detail = response.json()["detail"]
     assert all(w in detail for w in words), detail
     assert client.post("/predict", json=[ROW]).status_code == 200  # still serving
+
+
+def test_a_row_may_carry_the_time_column_of_derived_fields(artifact: Path, tmp_path: Path) -> None:
+    # the artifact with its schema edited so that C9 is the hour of a time column ts: the server's way
+    # with a tabular dataset's time, without another training run (tests/test_tabular.py checks the
+    # derived ids against preprocessed shards)
+    loaded = ServingArtifact.load(artifact)
+    spec = json.loads(loaded.data_files[SPEC_FILE])
+    (c9,) = [f for f in spec["options"]["schema"]["fields"] if f["name"] == "C9"]
+    c9["derive"] = {"source": {"column": "ts", "unit": "s", "format": None}, "part": "hour"}
+    size = next(f["vocab_size"] for f in spec["sparse"] if f["name"] == "C9")
+    spec["options"]["hash_buckets"] = {**(spec["options"]["hash_buckets"] or {}), "C9": size - 1}  # hours get ids of their own
+    files = {META_FILE: json.dumps(loaded.metadata), **{DATA_PREFIX + name: body for name, body in loaded.data_files.items()}}
+    files[DATA_PREFIX + SPEC_FILE] = json.dumps(spec)
+    torch.jit.save(loaded.module, str(tmp_path / "timed.pt"), _extra_files=files)
+    row = {k: v for k, v in ROW.items() if k != "C9"}
+    with TestClient(create_app(ServeSettings(str(tmp_path / "timed.pt")))) as client:
+        assert client.get("/metadata").json()["fields"]["ts"] == "time"
+        by_time = client.post("/predict", json=[{**row, "ts": 1_700_000_000}, {**row, "ts": "1700003600"}])
+        by_hour = client.post("/predict", json=[{**row, "C9": "22"}, {**row, "C9": 23}])
+        assert by_time.status_code == 200 and by_time.json() == by_hour.json()
+        assert by_time.json() != client.post("/predict", json=[row, row]).json()  # not C9's missing value
+        bad = client.post("/predict", json=[row, {**row, "ts": "noon"}])
+        assert bad.status_code == 422 and bad.json()["field"] == "ts" and bad.json()["row"] == 1, bad.text
+        both = client.post("/predict", json=[{**row, "ts": 1_700_000_000, "C9": "22"}])
+        assert both.status_code == 422 and both.json()["field"] == "C9" and "'ts'" in both.json()["detail"], both.text
 
 
 def test_a_full_queue_refuses_at_once() -> None:

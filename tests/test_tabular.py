@@ -90,6 +90,17 @@ def test_click_log_parquet_multi_hot_time_split_and_scoring(tmp_path):
     pq.write_table(table.drop(["clicked"]), tmp_path / "new.parquet")
     encoded = encode(str(tmp_path / "new.parquet"), str(out), str(tmp_path / "enc"), labelled=False, workers=1)
     assert encoded.rows == {"test": 40} and encoded.options["labelled"] is False
+    # the same rows as JSON, the timestamp as epoch seconds (hour and weekday derived from it): the same inputs
+    import datetime
+
+    from iarm_torchrec.data.encoders import RowEncoder
+
+    utc = datetime.timezone.utc
+    rows = [{**r, "event_time": r["event_time"].replace(tzinfo=utc).timestamp()} for r in table.drop(["clicked", "session_id"]).to_pylist()]
+    dense, one_hot, multi = RowEncoder(spec, out / "vocab").encode(rows)
+    (part,) = [read_part(p) for p in (tmp_path / "enc" / "test").iterdir()]
+    assert (one_hot == part.sparse).all() and np.allclose(dense, part.dense, rtol=1e-6, atol=0)
+    assert all((multi["tags"][k] == part.multi_hot["tags"][k]).all() for k in (0, 1))
 
 
 def _write(path: Path, text: str) -> Path:
@@ -120,6 +131,96 @@ def test_label_rule_derived_fields_and_neutral_rows(tmp_path):
     assert {f.name: f.max_length for f in spec.sparse}["tags"] == 2
     enc = encode(str(tmp_path / "r.csv"), str(tmp_path / "out"), str(tmp_path / "enc"), keep_neutral=True, workers=1)
     assert enc.rows == {"test": 30} and enc.options["neutral_rows"] == 6
+
+
+def test_a_missing_epoch_time_derives_missing_parts_not_1970():
+    import pyarrow as pa
+
+    from iarm_torchrec.data.schema import TimeSource
+    from iarm_torchrec.data.times import part_keys, time_seconds
+    from iarm_torchrec.data.vocab import token_keys
+
+    seconds, ok = time_seconds(pa.array([b"1700000000", b"", None, b"x"], pa.binary()), TimeSource("ts"))
+    assert ok.tolist() == [True, True, True, False]  # empty and null are missing, "x" is not a time
+    assert part_keys(seconds, ok, "hour").tolist() == [token_keys(np.array([b"22"]))[0], 0, 0, 0]
+
+
+def _shard_ids(folder: Path) -> np.ndarray:
+    from iarm_torchrec.data.parts import read_part
+
+    return np.concatenate([read_part(p).sparse for p in sorted(folder.iterdir())])
+
+
+@pytest.mark.parametrize(
+    "derive, parts",
+    [({"unit": "s"}, ["hour", "weekday"]), ({"format": "%Y-%m-%d %H:%M"}, ["hour", "weekday", "day", "month", "year"])],
+    ids=["epoch", "format"],
+)
+def test_json_rows_with_the_time_column_encode_as_preprocessing(tmp_path, derive, parts):
+    import datetime
+
+    from iarm_torchrec.data.encoders import RowEncoder, RowError
+
+    rng = np.random.default_rng(3)
+    seconds = 1_600_000_000 + 60 * rng.integers(0, 3 * 365 * 1440, 200)  # three years, whole minutes
+    utc = datetime.timezone.utc
+    cells = [str(t) if "unit" in derive else datetime.datetime.fromtimestamp(t, utc).strftime(derive["format"]) for t in seconds]
+    if "unit" in derive:
+        cells[5] = cells[6] = ""  # missing times: missing parts (JSON null and "")
+    _write(tmp_path / "t.csv", "y,u,ts\n" + "".join(f"{i % 2},u{i % 7},{c}\n" for i, c in enumerate(cells)))
+    derived = [{"name": p, "kind": "categorical", "derive": {"from": "ts", "part": p, **derive}} for p in parts]
+    schema = {"format": "csv", "files": "t.csv", "label": "y", "user_fields": ["u"], "fields": [{"name": "u", "kind": "categorical"}] + derived}
+    spec = preprocess("tabular", str(tmp_path), str(tmp_path / "out"), schema=schema, workers=1)
+    encode(str(tmp_path / "t.csv"), str(tmp_path / "out"), str(tmp_path / "enc"), workers=1)  # every row, in file order
+    encoder = RowEncoder(spec, tmp_path / "out" / "vocab")
+    assert encoder.fields == {"u": "one_hot", **{p: "one_hot" for p in parts}, "ts": "time"}
+    # a JSON row carries the cell, an epoch also as a number (of either JSON type)
+    rows = [{"u": f"u{i % 7}", "ts": c if "format" in derive or i % 3 == 0 else (None if c == "" else int(c) if i % 3 == 1 else float(c))}
+            for i, c in enumerate(cells)]  # fmt: skip
+    _, one_hot, _ = encoder.encode(rows)
+    reference = _shard_ids(tmp_path / "enc" / "test")
+    assert one_hot.shape == reference.shape and (one_hot == reference).all()
+    assert len(np.unique(reference[:, 1])) > 12 and set(reference[:, 2]) >= set(range(1, 8))  # hours, all weekdays
+    if "unit" in derive:
+        assert (reference[[5, 6], 1:] == 0).all()
+    # a derived field given directly is as before; given with its time, the row is refused; null is not given
+    timed = [i for i in range(20) if cells[i]]
+    when = [datetime.datetime.fromtimestamp(seconds[i], utc) for i in timed]
+    direct = [{"u": rows[i]["u"], "hour": str(w.hour), "weekday": w.weekday()} for i, w in zip(timed, when)]
+    np.testing.assert_array_equal(encoder.encode(direct)[1][:, :3], reference[timed, :3])
+    with pytest.raises(RowError, match=r"^row 1: field 'hour': given along with 'ts', from which it is derived") as error:
+        encoder.encode([rows[0], {**rows[1], "hour": 13}])
+    assert error.value.row == 1 and error.value.field == "hour"
+    assert (encoder.encode([{**rows[0], "hour": None}])[1] == reference[:1]).all()
+    assert (encoder.encode([{**direct[0], "ts": None}])[1][:, :3] == reference[:1, :3]).all()
+    bad = ["yesterday", "1e400", True, [1], float("nan")] + (["2021-02-30 10:00", "2021-02-03 10:00:00"] if "format" in derive else [])
+    for value in bad:
+        with pytest.raises(RowError, match=r"^row 1: field 'ts': expected ") as error:
+            encoder.encode([rows[0], {"ts": value}])
+        assert error.value.field == "ts"
+    with pytest.raises(RowError, match=r"unknown field; fields are \[.*'ts'"):
+        encoder.encode([{"when": 1}])
+
+
+def test_a_time_column_named_like_a_field(tmp_path):
+    from iarm_torchrec.data.encoders import RowEncoder
+    from iarm_torchrec.data.spec import FeatureSpec, SparseFieldSpec
+
+    def encoder(fields):
+        schema = parse_schema({"format": "csv", "label": "y", "user_fields": [fields[0]["name"]], "fields": fields}).to_dict()
+        sparse = [SparseFieldSpec(f["name"], 9) for f in fields if f["kind"] == "categorical"]
+        dense = [f["name"] for f in fields if f["kind"] == "numeric"]
+        return RowEncoder(FeatureSpec("toy", sparse, dense, options={"hash_buckets": {f.name: 8 for f in sparse}, "schema": schema}), tmp_path)
+
+    hour = {"name": "hour", "kind": "categorical", "derive": {"from": "ts", "part": "hour"}}
+    both = encoder([{"name": "ts", "kind": "numeric"}, hour])  # the field reads the time column itself: both
+    assert both.fields == {"hour": "one_hot", "ts": "dense"}
+    dense, one_hot, _ = both.encode([{"ts": 1_700_000_000}])
+    assert dense.tolist() == [[1_700_000_000]] and (one_hot == both.encode([{"hour": "22"}])[1]).all()
+    # the derived field takes its source's name: the name is the field's, the time cannot be sent
+    own = encoder([{"name": "u", "kind": "categorical"}, {**hour, "name": "ts"}])
+    assert own.fields == {"u": "one_hot", "ts": "one_hot"}
+    assert (own.encode([{"ts": 13}])[1] == own.encode([{"ts": "13"}])[1]).all()
 
 
 def test_bad_rows_name_file_line_and_field(tmp_path):

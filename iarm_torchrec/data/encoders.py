@@ -14,7 +14,13 @@ differently from training:
 
 A JSON row names the spec's fields (``FeatureSpec.field_names``) as the dataset's reader derives
 them, e.g. MovieLens' ``year`` (``"1995"``, ``"1960s"``), Avazu's ``hour_of_day`` and ``weekday``;
-a multi-hot field takes a list of values or one ``|``-separated string.
+a multi-hot field takes a list of values or one ``|``-separated string. A row of a schema's dataset
+(``options["schema"]``: ``--dataset tabular``, Avazu) may instead carry the time column that
+fields are derived from, as the table holds it (an epoch number in the schema's ``unit``, or its text;
+text in the schema's ``format``, or an integer as its digits): every field derived from it is then
+derived by preprocessing's rules (:mod:`~iarm_torchrec.data.times`), e.g. Avazu's ``"hour": "14102113"``
+gives ``hour_of_day`` 13 and ``weekday`` 1. A row giving both the time and a field derived from it is
+refused (two values that could disagree); ``null`` counts as not given.
 
 Example::
 
@@ -30,6 +36,16 @@ Example::
     Traceback (most recent call last):
     ...
     iarm_torchrec.data.encoders.RowError: row 0: field 'x': expected a number or null, got str 'three'
+    >>> from iarm_torchrec.data.schema import parse_schema
+    >>> schema = {"format": "csv", "label": "y", "user_fields": ["c"], "fields": [{"name": "c", "kind": "categorical"},
+    ...           {"name": "hour", "kind": "categorical", "derive": {"from": "ts", "part": "hour"}}]}
+    >>> spec = FeatureSpec("toy", [SparseFieldSpec("c", 5), SparseFieldSpec("hour", 25)],
+    ...                    options={"hash_buckets": {"c": 4, "hour": 24}, "schema": parse_schema(schema).to_dict()})
+    >>> enc = RowEncoder(spec, tempfile.mkdtemp())
+    >>> enc.fields
+    {'c': 'one_hot', 'hour': 'one_hot', 'ts': 'time'}
+    >>> bool((enc.encode([{"ts": 1700000000}])[1] == enc.encode([{"hour": 22}])[1]).all())  # 2023-11-14 22:13 UTC
+    True
 """
 
 import math
@@ -39,7 +55,9 @@ from typing import Any, Dict, List, Mapping, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from iarm_torchrec.data.numeric import NumericStats, bucketize, transform
+from iarm_torchrec.data.schema import TimeSource, schema_from_dict
 from iarm_torchrec.data.spec import FeatureSpec
+from iarm_torchrec.data.times import part_keys, time_seconds
 from iarm_torchrec.data.vocab import HashedVocabulary, Vocabulary, token_keys
 
 LookupPlan = Tuple[str, Union[str, int]]  # ("vocab", path) | ("hash", buckets)
@@ -94,8 +112,14 @@ def _show(value: Any) -> str:
 class RowEncoder:
     """Encodes raw rows (``{field: value}`` mappings) with a preprocessed dataset's encoders.
 
+    A row's keys are the spec's fields and, for a schema's dataset, the time columns that fields are
+    derived from (:attr:`fields`, kind ``time``). A time column named like a field is that field's
+    value; it is also the time when that field reads the column itself (a field ``ts`` beside
+    ``hour`` derived from ``ts``), else the fields derived from it must be given directly.
+
     Args:
-        spec: the dataset's feature spec (its ``options`` hold hashing, transform, statistics).
+        spec: the dataset's feature spec (its ``options`` hold hashing, transform, statistics and,
+            for a schema's dataset, the schema).
         vocab_dir: the folder of its vocabularies (``<field>.npy``).
     """
 
@@ -118,12 +142,24 @@ class RowEncoder:
             **{f: "dense" for f in self.dense_fields},
             **{f: "bucketized" for f in self.bucketized},
         }
+        # time column -> its sources (a unit or format; one, unless fields read it differently) -> (field, part)
+        self.times: Dict[str, Dict[TimeSource, List[Tuple[str, str]]]] = {}
+        schema = {f.name: f for f in schema_from_dict(options["schema"]).fields} if options.get("schema") else {}
+        for f in schema.values():
+            if f.derive is None:
+                continue
+            column = f.derive.source.column
+            named = schema.get(column)
+            if named is None or (named.derive is None and named.column == column):
+                self.times.setdefault(column, {}).setdefault(f.derive.source, []).append((f.name, f.derive.part))
+        self._derived_from = {column: [name for fields in sources.values() for name, _ in fields] for column, sources in self.times.items()}
 
     @property
     def fields(self) -> Dict[str, str]:
         """Every field a row may name, with its kind (``one_hot``, ``multi_hot``, ``dense``,
-        ``bucketized``: a number that becomes a categorical id)."""
-        return dict(self._kinds)
+        ``bucketized``: a number that becomes a categorical id), then the time columns fields are
+        derived from (``time``)."""
+        return {**self._kinds, **{column: "time" for column in self.times if column not in self._kinds}}
 
     def encode(self, rows: Sequence[Any]) -> Tuple[np.ndarray, np.ndarray, Dict[str, Tuple[np.ndarray, np.ndarray]]]:
         """``dense float32 [n, N]``, one-hot ids ``int32 [n, F1]`` (``one_hot_fields`` order) and per
@@ -138,14 +174,22 @@ class RowEncoder:
         dense_col = {f: j for j, f in enumerate(self.dense_fields)}
         raw_buckets = np.full((n, len(self.bucketized)), np.nan, dtype=np.float64)
         bucket_col = {f: j for j, f in enumerate(self.bucketized)}
+        times: Dict[str, List[Tuple[int, Any]]] = {column: [] for column in self.times}  # (row, value)
         for i, row in enumerate(rows):
             if not isinstance(row, Mapping):
                 raise RowError(i, None, f"expected an object of field -> value, got {_show(row)}")
             for name, value in row.items():
                 kind = self._kinds.get(name)
-                if kind is None:
-                    raise RowError(i, name, f"unknown field; fields are {sorted(self._kinds)}")
+                if kind is None and name not in self.times:
+                    raise RowError(i, name, f"unknown field; fields are {sorted(self.fields)}")
                 if value is None:
+                    continue
+                if name in self.times:
+                    both = next((f for f in self._derived_from[name] if row.get(f) is not None), None)
+                    if both is not None:
+                        raise RowError(i, both, f"given along with {name!r}, from which it is derived; give one of them")
+                    times[name].append((i, value))
+                if kind is None:
                     continue
                 if kind == "dense":
                     raw_dense[i, dense_col[name]] = self._number(i, name, value)
@@ -160,18 +204,53 @@ class RowEncoder:
                     kept = [self._token(i, name, v) for v in values if v is not None and v != ""]
                     multi_tokens[name].extend(kept)
                     multi_lengths[name][i] = len(kept)
+        derived: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        for column, given in times.items():
+            if given:
+                derived.update(self._derive(column, given))
         dense = transform_dense(raw_dense, self.dense_fields, self.numeric, self.stats, self.numeric_fields)
         one_hot = np.empty((n, len(self.one_hot_fields)), dtype=np.int32)
         for j, name in enumerate(self.one_hot_fields):
             if name in bucket_col:
                 one_hot[:, j] = bucketize(raw_buckets[:, bucket_col[name]])
             else:
-                one_hot[:, j] = self.lookups[name].ids(_keys(tokens[:, j]))
+                keys = _keys(tokens[:, j])
+                if name in derived:
+                    keys[derived[name][0]] = derived[name][1]
+                one_hot[:, j] = self.lookups[name].ids(keys)
         multi = {
             name: (self.lookups[name].ids(_keys(np.array(multi_tokens[name], dtype=object))), multi_lengths[name])
             for name in self.multi_hot_fields
         }
         return dense, one_hot, multi
+
+    def _derive(self, column: str, given: List[Tuple[int, Any]]) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
+        """The fields derived from time ``column``, given as ``(row, value)`` pairs: per field the
+        rows ``int64 [m]`` and their keys ``uint64 [m]``, by :mod:`~iarm_torchrec.data.times`."""
+        import pyarrow as pa
+
+        rows = np.array([i for i, _ in given], dtype=np.int64)
+        out: Dict[str, Tuple[np.ndarray, np.ndarray]] = {}
+        for source, fields in self.times[column].items():
+            texts = [self._time_text(i, column, value, source) for i, value in given]
+            seconds, ok = time_seconds(pa.array(texts, pa.string()), source)
+            if not ok.all():
+                i, value = given[int(np.argmin(ok))]
+                expected = f"text in the format {source.format!r}" if source.format else f"a number of {source.unit} since 1970"
+                raise RowError(i, column, f"expected a time ({expected}), got {_show(value)}")
+            out.update({name: (rows, part_keys(seconds, ok, part)) for name, part in fields})
+        return out
+
+    @classmethod
+    def _time_text(cls, i: int, column: str, value: Any, source: TimeSource) -> str:
+        """A JSON time value as a table's cell would hold it: text as it is, an integer as its digits,
+        a number of ``unit`` (no ``format``) as the shortest text that reads back as it."""
+        if isinstance(value, float) and not source.format:
+            return repr(cls._number(i, column, value))
+        try:
+            return cls._token(i, column, value).decode("utf-8")
+        except UnicodeDecodeError:
+            raise RowError(i, column, f"{_show(value)} is not UTF-8 text") from None
 
     @staticmethod
     def _number(i: int, name: str, value: Any) -> float:

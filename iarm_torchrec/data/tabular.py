@@ -31,11 +31,11 @@ from iarm_torchrec.data.rows import PATHS, Chunk, RawRows, RowChecker, RowReader
 from iarm_torchrec.data.rows import show_token
 from iarm_torchrec.data.schema import FieldSchema, TabularSchema, TimeSource, check_header, load_schema, parse_schema
 from iarm_torchrec.data.schema import schema_from_dict
+from iarm_torchrec.data.times import part_keys, time_seconds
 from iarm_torchrec.data.vocab import token_keys
 
 _RULE = re.compile(r"^\s*(>=|<=|==|!=|>|<)\s*(\S+)\s*$")
 _OPS = {">": np.greater, ">=": np.greater_equal, "<": np.less, "<=": np.less_equal, "==": np.equal, "!=": np.not_equal}
-_SECONDS = {"s": 1, "ms": 1e-3, "us": 1e-6, "ns": 1e-9}
 
 
 def as_schema(schema: Union[str, os.PathLike, dict, TabularSchema], base_dir: Optional[str] = None) -> TabularSchema:
@@ -148,6 +148,39 @@ def _line_lengths(raw: bytes, lines: int) -> np.ndarray:
     before = ends - 1
     crlf = (before >= 0) & (arr[np.clip(before, 0, None)] == 13) if len(arr) else np.zeros(len(ends), dtype=bool)
     return (lengths - (crlf & (lengths > 0)))[:lines]
+
+
+def arrow_numbers(column) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
+    """A column -> (float64 values, NaN where missing; whether each is a number or missing)."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    if isinstance(column, pa.ChunkedArray):
+        column = column.combine_chunks()
+    n = len(column)
+    if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
+        values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
+        return np.where(np.asarray(column.is_null()), np.nan, values) if column.null_count else values, np.ones(n, dtype=bool)
+    if not (pa.types.is_binary(column.type) or pa.types.is_string(column.type)):
+        raise ValueError(f"column of type {column.type} is not numeric")
+    lengths = _byte_lengths(column)
+    missing = (lengths == 0) if lengths is not None else np.zeros(n, dtype=bool)
+    if column.null_count:
+        missing |= np.asarray(column.is_null())
+    text = pc.if_else(pa.array(missing), pa.scalar("0", pa.binary()), column.cast(pa.binary()))
+    try:
+        values = np.array(pc.cast(text.cast(pa.string()), pa.float64()).to_numpy(zero_copy_only=False))
+    except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
+        values = np.zeros(n)
+        for i, v in enumerate(text.to_pylist()):
+            try:
+                values[i] = float(v)
+            except ValueError:
+                values[i] = np.nan
+    ok = np.isfinite(values)  # "nan" and "inf" in a text column are not numbers: a missing value is empty
+    values[missing] = np.nan
+    values[~ok] = np.nan
+    return values, ok
 
 
 class _ParquetChecker(RowChecker):
@@ -297,7 +330,7 @@ class TabularReader(RowReader):
         for chunk, data in zip(chunks, chunk_payloads(chunks)):
             table, _, _ = self._read(chunk, data, [self.schema.time_column.column], checking=False)
             t, ok = self._times(table.column(0), self.schema.time_column)
-            times.append(np.where(ok, t, np.inf))
+            times.append(np.where(ok, np.nan_to_num(t), np.inf))  # a missing time sorts as 1970, a bad one last
         every = np.concatenate(times)
         total = len(every)
         n_train = int(round(total * splits.train_ratio))
@@ -401,63 +434,13 @@ class TabularReader(RowReader):
                 checker.flag(bad, lambda i: f"field {name}: {show_token(values[i])} is not UTF-8 text (undecodable bytes)")
 
     def _times(self, column, source: TimeSource, checker: Optional[RowChecker] = None, name: str = "") -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-        """A time column -> (float64 seconds since the epoch, valid mask); bad values flagged."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        n = len(column)
-        if pa.types.is_timestamp(column.type) or pa.types.is_date(column.type):
-            seconds = pc.cast(pc.cast(column, pa.timestamp("us")), pa.int64()).to_numpy(zero_copy_only=False) / 1e6
-            ok = ~np.asarray(column.is_null()) if column.null_count else np.ones(n, dtype=bool)
-        elif source.format:
-            text = column.cast(pa.string()) if not pa.types.is_string(column.type) else column
-            parsed = pc.strptime(text, format=source.format, unit="s", error_is_null=True)
-            again = pc.strftime(parsed, format=source.format)
-            ok = np.asarray(pc.fill_null(pc.equal(again, text), False))
-            seconds = pc.cast(parsed, pa.int64()).to_numpy(zero_copy_only=False).astype(np.float64)
-        else:
-            values, ok = self._numbers(column)
-            seconds = values * _SECONDS[source.unit]
-        seconds = np.where(ok, np.nan_to_num(seconds), 0.0)
+        """A time column -> (float64 seconds since the epoch, NaN if missing; valid mask)
+        (:func:`~iarm_torchrec.data.times.time_seconds`); bad values flagged."""
+        seconds, ok = time_seconds(column, source)
         if checker is not None:
             checker.flag(~ok, lambda i: f"field {name}: {_shown(column[i].as_py())} is not a time "
                          + (f"in the format {source.format!r}" if source.format else f"(a number of {source.unit} since 1970, or a timestamp)"))
         return seconds, ok
-
-    @staticmethod
-    def _numbers(column) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
-        """A column -> (float64 values, NaN where missing; whether each is a number or missing)."""
-        import pyarrow as pa
-        import pyarrow.compute as pc
-
-        if isinstance(column, pa.ChunkedArray):
-            column = column.combine_chunks()
-        n = len(column)
-        if pa.types.is_integer(column.type) or pa.types.is_floating(column.type) or pa.types.is_boolean(column.type):
-            values = pc.cast(column, pa.float64()).to_numpy(zero_copy_only=False)
-            return np.where(np.asarray(column.is_null()), np.nan, values) if column.null_count else values, np.ones(n, dtype=bool)
-        if not (pa.types.is_binary(column.type) or pa.types.is_string(column.type)):
-            raise ValueError(f"column of type {column.type} is not numeric")
-        lengths = _byte_lengths(column)
-        missing = (lengths == 0) if lengths is not None else np.zeros(n, dtype=bool)
-        if column.null_count:
-            missing |= np.asarray(column.is_null())
-        text = pc.if_else(pa.array(missing), pa.scalar("0", pa.binary()), column.cast(pa.binary()))
-        try:
-            values = np.array(pc.cast(text.cast(pa.string()), pa.float64()).to_numpy(zero_copy_only=False))
-        except (pa.ArrowInvalid, pa.ArrowNotImplementedError):
-            values = np.zeros(n)
-            for i, v in enumerate(text.to_pylist()):
-                try:
-                    values[i] = float(v)
-                except ValueError:
-                    values[i] = np.nan
-        ok = np.isfinite(values)  # "nan" and "inf" in a text column are not numbers: a missing value is empty
-        values[missing] = np.nan
-        values[~ok] = np.nan
-        return values, ok
 
     def _label(self, column, checker: RowChecker) -> Tuple[np.ndarray, np.ndarray]:  # type: ignore[no-untyped-def]
         """Labels (``float32``) and which rows are neither positive nor negative (dropped)."""
@@ -473,7 +456,7 @@ class TabularReader(RowReader):
                 keys = arrow_keys(column)
                 one, zero = keys == ord("1"), keys == ord("0")
             else:
-                values, _ = self._numbers(column)
+                values, _ = arrow_numbers(column)
                 one, zero = values == 1, values == 0
             checker.flag(~(one | zero), lambda i: f"field {name}: {_shown(column[i].as_py())} is not 0 or 1")
             return one.astype(np.float32), np.zeros(n, dtype=bool)
@@ -485,7 +468,7 @@ class TabularReader(RowReader):
             m = _RULE.match(r)
             assert m is not None  # checked by the schema
             op, number = m.group(1), float(m.group(2))
-            values, ok = self._numbers(column)
+            values, ok = arrow_numbers(column)
             checker.flag(~ok | np.isnan(values), lambda i: f"field {name}: {_shown(column[i].as_py())} is not a number (label rule {r!r})")
             return _OPS[op](np.nan_to_num(values, nan=np.inf if op in ("<", "<=") else -np.inf), number)
 
@@ -517,7 +500,7 @@ class TabularReader(RowReader):
         d = j = 0
         for f in s.fields:
             if f.kind == "numeric":
-                values, ok = self._numbers(col[f.column])
+                values, ok = arrow_numbers(col[f.column])
                 column = col[f.column]
                 checker.flag(~ok, lambda i, c=column, nm=f.name: f"field {nm}: {_shown(c[i].as_py())} is not a number")
                 dense[:, d] = values
@@ -572,24 +555,7 @@ class TabularReader(RowReader):
     def _derived(self, column, f: FieldSchema, checker: RowChecker) -> np.ndarray:  # type: ignore[no-untyped-def]
         assert f.derive is not None
         seconds, ok = self._times(column, f.derive.source, checker, f.derive.source.column)
-        whole = np.floor(seconds).astype(np.int64)
-        days = whole // 86400
-        part = f.derive.part
-        if part == "hour":
-            value = whole // 3600 % 24
-        elif part == "weekday":
-            value = (days + 3) % 7  # 1970-01-01 was a Thursday; 0 = Monday
-        else:
-            date = days.astype("datetime64[D]")
-            if part == "year":
-                value = date.astype("datetime64[Y]").astype(np.int64) + 1970
-            elif part == "month":
-                value = date.astype("datetime64[M]").astype(np.int64) % 12 + 1
-            else:
-                value = (date - date.astype("datetime64[M]").astype("datetime64[D]")).astype(np.int64) + 1
-        keys = token_keys(value.astype(np.int64).astype("S20"))
-        keys[~ok] = 0
-        return keys
+        return part_keys(seconds, ok, f.derive.part)
 
     def _split_codes(self, chunk: Chunk, rows_index: np.ndarray, col, checker: RowChecker) -> Optional[np.ndarray]:  # type: ignore[no-untyped-def]
         split = self.split_of.get(chunk.path)
@@ -599,7 +565,7 @@ class TabularReader(RowReader):
             return None
         assert self.schema.time_column is not None
         t, ok = self._times(col[self.schema.time_column.column], self.schema.time_column, checker, self.schema.time_column.column)
-        t = np.where(ok, t, np.inf)
+        t = np.where(ok, np.nan_to_num(t), np.inf)
         codes = np.zeros(len(t), dtype=np.uint8)
         for value, quota, ties in self.time_cuts["cuts"]:  # type: ignore[index]
             tie = t == value

@@ -4,12 +4,14 @@ Endpoints:
 
 * ``POST /predict``: a JSON list of raw rows, each an object ``{field: value}`` (the artifact's
   fields, ``GET /metadata``; missing fields and ``null`` are the missing value, unseen values get
-  the out-of-vocabulary id, a multi-hot field takes a list or a ``|``-separated string) ->
+  the out-of-vocabulary id, a multi-hot field takes a list or a ``|``-separated string; a schema's
+  time column, kind ``time``, stands for the fields derived from it) ->
   ``{"probabilities": [p_0, p_1, ...]}`` in row order. Rows are encoded by the package's own
   encoders (:class:`~iarm_torchrec.data.encoders.RowEncoder`) with the vocabularies, hashing and
   numeric statistics stored in the artifact, then scored by the artifact's TorchScript module.
 * ``GET /health``: ``{"status": "ok", ...}`` with the queue and batch counters.
-* ``GET /metadata``: the model, its training run, the encoders' version, the quantization, the fields.
+* ``GET /metadata``: the model, its training run, the encoders' version, the quantization, the fields
+  (and time columns) with their kinds.
 
 Requests arriving within ``--batch-window-ms`` are scored as one batch
 (:class:`~iarm_torchrec.inference.batcher.MicroBatcher`, one per worker process). Refusals, all JSON
