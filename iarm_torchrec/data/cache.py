@@ -111,6 +111,11 @@ def file_identity(path: Path, full_hash: bool = False) -> Dict[str, Any]:
     return {"path": str(path.resolve()), "size": st.st_size, "mtime_ns": st.st_mtime_ns, kind: digest.hexdigest()}
 
 
+TIME_RULES_VERSION = 2
+"""Bumped when :mod:`~iarm_torchrec.data.times` derives other values from the same rows, so that a
+schema dataset cached under older rules is preprocessed again rather than served by other rules."""
+
+
 def cache_key(source: DataSource) -> Dict[str, Any]:
     """What the preprocessed data depends on."""
     if source.dataset == "synthetic":
@@ -130,6 +135,8 @@ def cache_key(source: DataSource) -> Dict[str, Any]:
             "source": str(Path(source.data_dir or Path(schema).parent).resolve()),
             "options": dict(source.options),
             "schema_content": contents,
+            # 2: a missing time derives missing parts (id 0), as online scoring does, not 1970's
+            "time_rules": TIME_RULES_VERSION,
             "files": [file_identity(p, full) for p in files],
         }
     return {
