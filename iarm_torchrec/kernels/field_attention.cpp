@@ -129,11 +129,19 @@ void scatter(const vf* src, int64_t n, int valid, float* dst, int64_t sample) {
 // M x M), and one head's operands (~80 KB each at M = 39, d' = 32) sit in L2, not L1. A pass that
 // keeps one row's outputs in registers loads one operand vector from L2 per FMA, which caps it at
 // L2's rate (about half the FMA rate). Blocks of ROWS x COLS accumulators load ROWS + COLS vectors
-// for ROWS * COLS FMAs; 4 x 4 uses 16 of AVX-512's 32 registers for accumulators and leaves room
-// for the operands. Fields are padded to a multiple of 4 (M = 39 -> 40; padded rows are zero).
-constexpr int ROWS = 4, COLS = 4;
+// for ROWS * COLS FMAs. COLS also steps through d' (4 divides every supported d'); 5 x 4 (20
+// accumulators + 5 + 1 operands of AVX-512's 32 registers) measured ~1.1x 4 x 4 and ahead of 6 x 4
+// (which pads M = 39 to 42 rows); M = 39 pads to 40 either way.
+constexpr int ROWS = 5, COLS = 4;
 
-inline int64_t padded(int64_t M) { return (M + ROWS - 1) / ROWS * ROWS; }
+inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
+
+// Field counts padded for the blocks: `rows` for blocks of ROWS fields, `cols` of COLS, `all`
+// the larger (the buffers' field count; padding rows are zero).
+struct Padding {
+  int64_t rows, cols, all;
+  explicit Padding(int64_t M) : rows(round_up(M, ROWS)), cols(round_up(M, COLS)), all(std::max(rows, cols)) {}
+};
 
 // acc[r][c] = sum_{k < K} x[r * xr + k * xk] * y[c * yc + k * yk], summed in order of k.
 inline void block_product(const vf* x, int64_t xr, int64_t xk, const vf* y, int64_t yc, int64_t yk, int64_t K,
@@ -156,11 +164,12 @@ inline void store(const vf (&acc)[ROWS][COLS], vf* dst, int64_t row_stride) {
 }
 
 // One head on LANES samples: row m of q (and of k, v) is the D vectors at q + m * stride, for
-// m < Mp (the padded field count). Rows i..i+ROWS-1 of a (Mp apart, a points at row i):
+// m < P.all. Rows i..i+ROWS-1 of a (P.all apart, a points at row i):
 // a_ij = softmax_j <q_i, k_j> for j < M (Eq. 7-8), 0 for the padding j >= M.
 template <int D>
-void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, int64_t Mp, vf* a) {
-  for (int64_t j = 0; j < Mp; j += COLS) {
+void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, const Padding& P, vf* a) {
+  const int64_t Mp = P.all;
+  for (int64_t j = 0; j < P.cols; j += COLS) {
     vf acc[ROWS][COLS];
     block_product(q, stride, 1, k + j * stride, stride, 1, D, acc);
     store(acc, a + j, Mp);
@@ -184,9 +193,10 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, int64_t 
 template <int D>
 void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t M, vf* a, vf* out,
                   int64_t out_stride) {
-  const int64_t Mp = padded(M);
-  for (int64_t i = 0; i < Mp; i += ROWS) {
-    probabilities<D>(q + i * stride, k, stride, M, Mp, a);
+  const Padding P(M);
+  const int64_t Mp = P.all;
+  for (int64_t i = 0; i < P.rows; i += ROWS) {
+    probabilities<D>(q + i * stride, k, stride, M, P, a);
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
       block_product(a, Mp, 1, v + t, 1, stride, M, acc);
@@ -201,12 +211,13 @@ void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t
 template <int D>
 void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const vf* dout, int64_t out_stride,
                    int64_t M, vf* dq, vf* dk, vf* dv, vf* a, vf* ds) {
-  const int64_t Mp = padded(M);
-  for (int64_t i = 0; i < Mp; i += ROWS) {  // row blocks: dS_ij = a_ij (<dO_i, v_j> - sum_k a_ik <dO_i, v_k>), dQ_i
+  const Padding P(M);
+  const int64_t Mp = P.all;
+  for (int64_t i = 0; i < P.rows; i += ROWS) {  // row blocks: dS_ij = a_ij (<dO_i, v_j> - sum_k a_ik <dO_i, v_k>), dQ_i
     vf* ai = a + i * Mp;
     vf* dsi = ds + i * Mp;
-    probabilities<D>(q + i * stride, k, stride, M, Mp, ai);
-    for (int64_t j = 0; j < Mp; j += COLS) {
+    probabilities<D>(q + i * stride, k, stride, M, P, ai);
+    for (int64_t j = 0; j < P.cols; j += COLS) {
       vf acc[ROWS][COLS];
       block_product(dout + i * out_stride, out_stride, 1, v + j * stride, stride, 1, D, acc);
       store(acc, dsi + j, Mp);
@@ -216,7 +227,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
       vf* dr = dsi + r * Mp;
       vf dot = vf{};
       for (int64_t j = 0; j < M; ++j) dot += ar[j] * dr[j];
-      for (int64_t j = 0; j < Mp; ++j) dr[j] = ar[j] * (dr[j] - dot);  // 0 at the padding (a_ij = 0)
+      for (int64_t j = 0; j < P.cols; ++j) dr[j] = ar[j] * (dr[j] - dot);  // 0 at the padding (a_ij = 0)
     }
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
@@ -224,7 +235,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
       store(acc, dq + i * stride + t, stride);
     }
   }
-  for (int64_t j = 0; j < Mp; j += ROWS) {  // column blocks: dV_j = sum_i a_ij dO_i, dK_j = sum_i dS_ij q_i
+  for (int64_t j = 0; j < P.rows; j += ROWS) {  // column blocks: dV_j = sum_i a_ij dO_i, dK_j = sum_i dS_ij q_i
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
       block_product(a + j, 1, Mp, dout + t, 1, out_stride, M, acc);
@@ -239,7 +250,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
 // The lane-major buffers have Mp rows; the padding rows stay zero (gather writes the first M).
 template <int D>
 void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
-  const int64_t C = 3 * H * D, O = H * D, Mp = padded(M), blocks = (B + LANES - 1) / LANES;
+  const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(Mp * C), ob(Mp * O), a(ROWS * Mp);
     for (int64_t blk = begin; blk < end; ++blk) {
@@ -256,7 +267,7 @@ void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
 
 template <int D>
 void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad) {
-  const int64_t C = 3 * H * D, O = H * D, Mp = padded(M), blocks = (B + LANES - 1) / LANES;
+  const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(Mp * C), gb(Mp * O), db(Mp * C), a(Mp * Mp), ds(Mp * Mp);
     for (int64_t blk = begin; blk < end; ++blk) {
