@@ -90,12 +90,15 @@ inline void transpose16(__m512 r[16]) {
 #endif
 
 // Lane-major copy of LANES samples' first n floats (samples `sample` floats apart):
-// dst[e][l] = src[l * sample + e]; lanes past `valid` are 0.
+// dst[e][l] = src[l * sample + e]; lanes past `valid` are 0. The 16 samples are 16 streams from
+// memory (qkv is ~30 MB at B = 1024); prefetching each 8 lines ahead measured ~1.1x the forward
+// and the backward (4 or 16 lines ahead: less), so the hardware prefetcher alone lags behind them.
 void gather(const float* src, int64_t sample, int64_t n, int valid, vf* dst) {
   int64_t e = 0;
 #if defined(__AVX512F__)
   for (; e + LANES <= n; e += LANES) {
     __m512 r[16];
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + e + 8 * LANES), _MM_HINT_T0);
     for (int l = 0; l < LANES; ++l) r[l] = l < valid ? _mm512_loadu_ps(src + l * sample + e) : _mm512_setzero_ps();
     transpose16(r);
     for (int c = 0; c < LANES; ++c) std::memcpy(&dst[e + c], &r[c], sizeof(vf));
@@ -108,7 +111,8 @@ void gather(const float* src, int64_t sample, int64_t n, int valid, vf* dst) {
   }
 }
 
-// The inverse of gather for the first `valid` lanes.
+// The inverse of gather for the first `valid` lanes, prefetching what it writes likewise (the
+// backward's gain is mostly here: its ~30 MB of gradient is read for ownership before a write).
 void scatter(const vf* src, int64_t n, int valid, float* dst, int64_t sample) {
   int64_t e = 0;
 #if defined(__AVX512F__)
@@ -116,6 +120,7 @@ void scatter(const vf* src, int64_t n, int valid, float* dst, int64_t sample) {
     __m512 r[16];
     for (int c = 0; c < LANES; ++c) std::memcpy(&r[c], &src[e + c], sizeof(vf));
     transpose16(r);
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(dst + l * sample + e + 8 * LANES), _MM_HINT_T0);
     for (int l = 0; l < valid; ++l) _mm512_storeu_ps(dst + l * sample + e, r[l]);
   }
 #endif
