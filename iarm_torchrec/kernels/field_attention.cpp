@@ -142,7 +142,9 @@ constexpr int ROWS = 5, COLS = 4;
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
 
 // Field counts padded for the blocks: `rows` for blocks of ROWS fields, `cols` of COLS, `all`
-// the larger (the buffers' field count; padding rows are zero).
+// the larger (the buffers' field count). What is computed for a padding field (a row i >= M or a
+// column j >= M of a and ds, a row >= M of dq, dk, dv) never enters a sum over real fields: the
+// softmax and every product over fields run to M, and the padding rows are never scattered.
 struct Padding {
   int64_t rows, cols, all;
   explicit Padding(int64_t M) : rows(round_up(M, ROWS)), cols(round_up(M, COLS)), all(std::max(rows, cols)) {}
@@ -170,7 +172,7 @@ inline void store(const vf (&acc)[ROWS][COLS], vf* dst, int64_t row_stride) {
 
 // One head on LANES samples: row m of q (and of k, v) is the D vectors at q + m * stride, for
 // m < P.all. Rows i..i+ROWS-1 of a (P.all apart, a points at row i):
-// a_ij = softmax_j <q_i, k_j> for j < M (Eq. 7-8), 0 for the padding j >= M.
+// a_ij = softmax_j <q_i, k_j> for j < M (Eq. 7-8).
 template <int D>
 void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, const Padding& P, vf* a) {
   const int64_t Mp = P.all;
@@ -190,7 +192,6 @@ void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, const Pa
     }
     const vf inv = splat(1.0f) / sum;
     for (int64_t j = 0; j < M; ++j) ar[j] *= inv;
-    for (int64_t j = M; j < Mp; ++j) ar[j] = vf{};
   }
 }
 
@@ -232,7 +233,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
       vf* dr = dsi + r * Mp;
       vf dot = vf{};
       for (int64_t j = 0; j < M; ++j) dot += ar[j] * dr[j];
-      for (int64_t j = 0; j < P.cols; ++j) dr[j] = ar[j] * (dr[j] - dot);  // 0 at the padding (a_ij = 0)
+      for (int64_t j = 0; j < M; ++j) dr[j] = ar[j] * (dr[j] - dot);
     }
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
@@ -252,7 +253,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
 }
 
 // Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide.
-// The lane-major buffers have Mp rows; the padding rows stay zero (gather writes the first M).
+// The lane-major buffers have Mp rows (gather writes the first M).
 template <int D>
 void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
   const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, blocks = (B + LANES - 1) / LANES;
