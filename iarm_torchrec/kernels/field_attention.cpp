@@ -135,8 +135,8 @@ void scatter(const vf* src, int64_t n, int valid, float* dst, int64_t sample) {
 // keeps one row's outputs in registers loads one operand vector from L2 per FMA, which caps it at
 // L2's rate (about half the FMA rate). Blocks of ROWS x COLS accumulators load ROWS + COLS vectors
 // for ROWS * COLS FMAs. COLS also steps through d' (4 divides every supported d'); 5 x 4 (20
-// accumulators + 5 + 1 operands of AVX-512's 32 registers) measured ~1.1x 4 x 4 and ahead of 6 x 4
-// (which pads M = 39 to 42 rows); M = 39 pads to 40 either way.
+// accumulators + 5 + 1 operands of AVX-512's 32 registers) measured ~1.1x 4 x 4, as did 6 x 4, which
+// pads M = 39 to 42 rows where 5 x 4 pads it to 40.
 constexpr int ROWS = 5, COLS = 4;
 
 inline int64_t round_up(int64_t n, int64_t m) { return (n + m - 1) / m * m; }
