@@ -34,6 +34,19 @@ def _forward_backward(fn, qkv: torch.Tensor, grad: torch.Tensor, heads: int, hea
     [(1, 1, 1, 4), (15, 2, 1, 8), (16, 39, 2, 8), (17, 39, 2, 8), (100, 7, 3, 16), (33, 100, 2, 32), (5, 13, 1, 64)],
 )
 def test_matches_float64_reference(batch: int, fields: int, heads: int, head_dim: int) -> None:
+    _check_against_float64(batch, fields, heads, head_dim)
+
+
+@pytest.mark.parametrize("head_dim", [4, 32])
+def test_every_field_count_across_the_block_padding(head_dim: int) -> None:
+    """The kernel works in register blocks of 5 fields by 4 (fields padded to a multiple of 5 for
+    rows and of 4 for columns, the buffers to the larger): every remainder of both, either one
+    the larger, and a partial block of samples."""
+    for fields in range(1, 22):
+        _check_against_float64(17, fields, 2, head_dim)
+
+
+def _check_against_float64(batch: int, fields: int, heads: int, head_dim: int) -> None:
     torch.manual_seed(batch * 1000 + fields)
     qkv = torch.randn(batch, fields, 3 * heads * head_dim, dtype=torch.float64) / head_dim**0.25
     grad = torch.randn(batch, fields, heads * head_dim, dtype=torch.float64)
