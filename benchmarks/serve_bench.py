@@ -93,7 +93,8 @@ def subset_folder(folder: Path, ratings: int) -> Path:
 
 
 def json_rows(folder: Path) -> List[Dict[str, Any]]:
-    """The folder's samples (ratings other than 3, in file order) as raw JSON rows of the ``paper`` fields."""
+    """The folder's ratings (all of them, in file order, as ``iarm predict`` scores them) as raw JSON
+    rows of the ``paper`` fields."""
     from iarm_torchrec.data.movielens import year_token
 
     users = {}
@@ -106,9 +107,8 @@ def json_rows(folder: Path) -> List[Dict[str, Any]]:
         movies[mid] = {"genres": genres.split("|"), "year": year_token(int(title.strip()[-5:-1])).decode()}
     rows = []
     for line in (folder / "ratings.dat").read_text().splitlines():
-        uid, mid, rating, timestamp = line.split("::")
-        if rating != "3":
-            rows.append({**users[uid], **movies[mid], "timestamp": int(timestamp)})
+        uid, mid, _, timestamp = line.split("::")
+        rows.append({**users[uid], **movies[mid], "timestamp": int(timestamp)})
     return rows
 
 
