@@ -22,7 +22,7 @@ from iarm_torchrec.data.loader import sparse_features
 from iarm_torchrec.inference.batcher import MicroBatcher, QueueFull
 from iarm_torchrec.inference.server import ServeSettings, create_app
 from iarm_torchrec.data.spec import SPEC_FILE
-from iarm_torchrec.inference.serving import DATA_PREFIX, META_FILE, ServingArtifact, export_serving
+from iarm_torchrec.inference.serving import ServingArtifact, export_serving, write_artifact
 from dist_utils import free_port
 from train_utils import checkpointed_run, run_env
 
@@ -120,9 +120,7 @@ def test_a_row_may_carry_the_time_column_of_derived_fields(artifact: Path, tmp_p
     c9["derive"] = {"source": {"column": "ts", "unit": "s", "format": None}, "part": "hour"}
     size = next(f["vocab_size"] for f in spec["sparse"] if f["name"] == "C9")
     spec["options"]["hash_buckets"] = {**(spec["options"]["hash_buckets"] or {}), "C9": size - 1}  # hours get ids of their own
-    files = {META_FILE: json.dumps(loaded.metadata), **{DATA_PREFIX + name: body for name, body in loaded.data_files.items()}}
-    files[DATA_PREFIX + SPEC_FILE] = json.dumps(spec)
-    torch.jit.save(loaded.module, str(tmp_path / "timed.pt"), _extra_files=files)
+    write_artifact(loaded.module, tmp_path / "timed.pt", loaded.metadata, {**loaded.data_files, SPEC_FILE: json.dumps(spec).encode()})
     row = {k: v for k, v in ROW.items() if k != "C9"}
     with TestClient(create_app(ServeSettings(str(tmp_path / "timed.pt")))) as client:
         assert client.get("/metadata").json()["fields"]["ts"] == "time"

@@ -237,12 +237,21 @@ def export_serving(
     model = model_from_payload(payload, model_class)
     data_files = {name: data.numpy().tobytes() for name, data in payload["data_files"].items()}
     metadata = serving_metadata(payload, quantize, data_files)
+    return write_artifact(script_module(model, quantize), out, metadata, data_files)
+
+
+def write_artifact(module: torch.jit.ScriptModule, out: PathLike, metadata: Dict[str, Any], data_files: Dict[str, bytes]) -> Path:
+    """Save ``module`` as a serving artifact at ``out`` (atomically) with ``metadata`` and the
+    preprocessed folder's ``data_files`` (vocabularies as ``.npy``; stored packed). The encoders'
+    ``version`` is computed from ``data_files``, so an artifact rewritten with edited encoders (a
+    changed spec, say) loads as consistent."""
+    encoders = {k: v for k, v in metadata["encoders"].items() if k != "version"}
+    metadata = {**metadata, "encoders": {**encoders, "version": _digest(data_files, encoders)}}
     extra: Dict[str, Any] = {META_FILE: json.dumps(metadata, indent=1)}
     extra.update({DATA_PREFIX + name: data for name, data in _packed(data_files).items()})
-    scripted = script_module(model, quantize)
     out = Path(out)
     with atomic_path(out) as tmp:
-        torch.jit.save(scripted, str(tmp), _extra_files=extra)
+        torch.jit.save(module, str(tmp), _extra_files=extra)
     return out
 
 

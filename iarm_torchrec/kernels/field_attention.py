@@ -23,6 +23,7 @@ Example::
 import hashlib
 import logging
 import os
+import sys
 import shutil
 import threading
 from pathlib import Path
@@ -70,9 +71,11 @@ def load() -> bool:
 
 def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
-    # the source's hash in the name: two checkouts (or versions) of the project on one machine
-    # share TORCH_EXTENSIONS_DIR, and under one name each would rebuild over the other's build
-    digest = hashlib.sha1(SOURCE.read_bytes()).hexdigest()[:10]
+    # the source's and the environment's hash in the name: checkouts, versions and virtual
+    # environments on one machine share TORCH_EXTENSIONS_DIR, and under one name each would rebuild
+    # over the other's build (torch's include paths differ by environment), blocking the other's
+    # processes on the build lock meanwhile
+    digest = hashlib.sha1(SOURCE.read_bytes() + sys.prefix.encode() + torch.__version__.encode()).hexdigest()[:10]
     name = f"iarm_field_attention_{capability.lower()}_{digest}"
     try:
         from torch.utils.cpp_extension import load as load_extension
