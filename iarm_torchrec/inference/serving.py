@@ -160,7 +160,8 @@ def _unpacked(stored: Dict[str, bytes], path: Path) -> Dict[str, bytes]:
 
 
 def serving_metadata(payload: Dict[str, Any], quantization: str, data_files: Dict[str, bytes]) -> Dict[str, Any]:
-    """``iarm/serving.json`` of an export payload (:func:`~iarm_torchrec.inference.export.export_payload`)."""
+    """``iarm/serving.json`` of an export payload (:func:`~iarm_torchrec.inference.export.export_payload`),
+    but the encoders' ``version``, which :func:`write_artifact` adds from the data files it stores."""
     import fbgemm_gpu
     import torchrec
 
@@ -187,7 +188,6 @@ def serving_metadata(payload: Dict[str, Any], quantization: str, data_files: Dic
             for f in spec.sparse
         },
     }
-    encoders["version"] = _digest(data_files, encoders)
     return {
         "format": SERVING_FORMAT,
         "model": payload["model_config"]["model"],
