@@ -63,6 +63,25 @@ def test_bf16_attention_runs_in_float32_on_the_kernel() -> None:
     torch.testing.assert_close(out, matmul_attention(qkv.bfloat16().float(), 2, 32), atol=1e-5, rtol=1e-5)
 
 
+def test_bf16_residual_takes_the_attention_output_dtype() -> None:
+    """The residual ``W_Res e_m`` is accumulated into the attention's output in place; under
+    autocast that output is bf16 where the kernel does not serve the head size (here d' = 3):
+    the operands are cast to it, values and gradients stay close to fp32."""
+    from iarm_torchrec.modules.interacting import InteractingLayer
+
+    torch.manual_seed(0)
+    layer = InteractingLayer(in_dim=4, num_heads=2, head_dim=3)
+    fields = torch.rand(8, 5, 4, requires_grad=True)
+    expected = layer(fields)
+    (grad_expected,) = torch.autograd.grad(expected.square().sum(), fields)  # smooth at ReLU's kink
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = layer(fields)
+    assert got.dtype == torch.bfloat16
+    (grad_got,) = torch.autograd.grad(got.float().square().sum(), fields)
+    torch.testing.assert_close(got.float(), expected, atol=0.03, rtol=0.03)
+    torch.testing.assert_close(grad_got, grad_expected, atol=0.05, rtol=0.05)
+
+
 def test_bf16_trains_through_the_pipeline_and_checkpoints() -> None:
     """TrainPipelineSparseDist traces CTRTrain with torch.fx: the autocast must not break it."""
     from iarm_torchrec.train.distributed import DistEnv
