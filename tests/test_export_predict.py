@@ -113,3 +113,16 @@ def test_exporting_without_a_checkpoint_says_so(run: Path, tmp_path: Path) -> No
     with pytest.raises(ValueError, match="not an iarm export"):
         torch.save({"format": "other"}, tmp_path / "other.pt")
         load_exported(tmp_path / "other.pt")
+
+
+def test_scoring_does_not_import_training() -> None:
+    """``iarm predict`` reads an export without the training modules (torchmetrics, the sharding
+    planners: about half a second of its start-up); a fresh interpreter shows what it imports."""
+    import subprocess
+    import sys
+
+    code = ("import sys, iarm_torchrec.inference.predict; "
+            "print(sorted({m.split('.')[0] for m in sys.modules if m.startswith('torchmetrics')} | "
+            "{m for m in sys.modules if m.startswith('iarm_torchrec.train')}))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"

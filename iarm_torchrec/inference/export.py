@@ -32,14 +32,15 @@ from iarm_torchrec.files import PathLike, atomic_path
 from iarm_torchrec.integrity import sha256_of_tree
 from iarm_torchrec.models.ctr_train import CTRTrain
 from iarm_torchrec.models.registry import config_from_dict
-from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager
-from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, MODEL_FILE, RUN_FILE
 
 FORMAT = "iarm_torchrec.export/1"
 
 
 def best_checkpoint(run_dir: Path) -> Path:
     """The run's best checkpoint (``metrics.json``), else its newest intact one."""
+    from iarm_torchrec.train.checkpoint import CheckpointError, CheckpointManager
+    from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE
+
     metrics = run_dir / METRICS_FILE
     if metrics.is_file():
         name = json.loads(metrics.read_text()).get("best_checkpoint")
@@ -64,6 +65,11 @@ def export_run(run_dir: PathLike, out_file: PathLike, checkpoint: Optional[PathL
 
 def export_payload(run_dir: PathLike, checkpoint: Optional[PathLike] = None) -> Dict[str, Any]:
     """What :func:`export_run` writes, in memory (the serving export builds on it too)."""
+    # training's modules only here and in best_checkpoint: reading an export (iarm predict,
+    # serving) does not import them (torchmetrics and the sharding planners: ~0.5 s of start-up)
+    from iarm_torchrec.train.checkpoint import CheckpointManager
+    from iarm_torchrec.train.layout import METRICS_FILE, MODEL_FILE, RUN_FILE
+
     run_dir = Path(run_dir)
     for name in (MODEL_FILE, SPEC_FILE, RUN_FILE):
         if not (run_dir / name).is_file():

@@ -25,6 +25,7 @@ from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_write_text
+from iarm_torchrec.inference import SCORING_BATCH_SIZE
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 from iarm_torchrec.inference.serving import ServingArtifact, is_serving_artifact
 
@@ -48,7 +49,7 @@ def predict(
     input_file: PathLike,
     out_file: PathLike,
     labelled: bool = True,
-    batch_size: int = 4096,
+    batch_size: int = SCORING_BATCH_SIZE,
     progress: bool = True,
     precision: str = "fp32",
 ) -> torch.Tensor:
