@@ -209,11 +209,19 @@ def build_parser(only: Optional[str] = None) -> argparse.ArgumentParser:
     return parser
 
 
+# the commands that train or score, whose steps allocate and free large tensors (allocator.py)
+REUSE_FREED_MEMORY = ("train", "predict", "tune", "experiment")
+
+
 def main(argv: Optional[List[str]] = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=chosen).parse_args(argv)
     debug = args.debug or os.environ.get("IARM_DEBUG", "") not in ("", "0")
+    if args.command in REUSE_FREED_MEMORY:
+        from iarm_torchrec.allocator import reuse_freed_memory
+
+        reuse_freed_memory()
     try:
         return args.handler(args)
     except Exception as error:  # KeyboardInterrupt and SystemExit pass
