@@ -16,6 +16,7 @@ import torch
 from torchrec.distributed.train_pipeline import TrainPipelineSparseDist
 
 from _common import StepClock, peak_rss_mib, window_rates
+from iarm_torchrec.allocator import reuse_freed_memory
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.models.registry import make_config
@@ -36,9 +37,10 @@ def build(data_dir: Path, settings: TrainSettings, env: DistEnv) -> Any:
 
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
     """Train one epoch of ``job["model"]`` and validate it; the rank-0 result (all ranks return one)."""
+    reuse_freed = reuse_freed_memory()  # as iarm train does (unless IARM_MALLOC=default)
     env = DistEnv.from_environment(job.get("device", "cpu"))
     try:
-        return _run(job, env)
+        return {**_run(job, env), "malloc_reuses_freed_memory": reuse_freed}
     finally:
         env.close()
 

@@ -23,6 +23,7 @@ from torch.autograd.profiler import record_function
 from torch.profiler import ProfilerActivity, profile
 
 import _ours
+from iarm_torchrec.allocator import reuse_freed_memory
 from iarm_torchrec.data.loader import ShardedBatchLoader
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.settings import TrainSettings
@@ -112,6 +113,7 @@ def breakdown(events: Any, steps: int) -> Dict[str, Any]:
 
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
     torch.set_num_threads(job["threads"])
+    reuse_freed_memory()  # as iarm train does (unless IARM_MALLOC=default)
     env = DistEnv.from_environment("cpu")
     try:
         settings = TrainSettings(

@@ -7,6 +7,8 @@ Runners (each its own process, interleaved, the machine's limit measured between
   before, in the middle and after the training runners;
 * ``iarm_rwadagrad`` (fp32), ``iarm_rwadagrad_bf16`` (``--precision bf16``), ``autoint_rwadagrad``,
   ``autoint_rwadagrad_bf16``: ours, trained as ``iarm train`` trains (``benchmarks/_ours.py``);
+* ``iarm_rwadagrad_glibc``: IARM fp32 with glibc's default malloc (``IARM_MALLOC=default``),
+  against which ``iarm_rwadagrad`` shows what reusing freed memory gives (``iarm_torchrec/allocator.py``);
 * ``fuxictr_autoint``: FuxiCTR's AutoInt at the same attention size (2 heads x 32, its
   ``attention_dim`` 64; ``benchmarks/_peers.py``);
 * ``iarm_rwadagrad_x2``: IARM as 2 gloo ranks x 1 thread (``make run``'s layout) against 1 x 2;
@@ -45,7 +47,8 @@ sys.path.insert(0, str(HERE))
 
 import train_bench  # noqa: E402
 
-RUNNERS = ["iarm_rwadagrad", "iarm_rwadagrad_bf16", "autoint_rwadagrad", "autoint_rwadagrad_bf16", "fuxictr_autoint"]
+RUNNERS = ["iarm_rwadagrad", "iarm_rwadagrad_bf16", "iarm_rwadagrad_glibc", "autoint_rwadagrad", "autoint_rwadagrad_bf16",
+           "fuxictr_autoint"]
 
 
 def iarm_forward_flops(fields: int, dim: int, layers: int, heads: int, head_dim: int, user_fields: int,
@@ -179,6 +182,8 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
         out["predict_x_training"] = {b: v["rows_per_s"] / rows["iarm_rwadagrad"]["samples_per_s"] for b, v in pred["by_batch_size"].items()}
         out["predict_marginal_x_training"] = {b: v["marginal_rows_per_s"] / rows["iarm_rwadagrad"]["samples_per_s"]
                                               for b, v in pred["by_batch_size"].items()}
+        out["predict_x10_x_training"] = {b: v["rows_per_s_x10"] / rows["iarm_rwadagrad"]["samples_per_s"]
+                                         for b, v in pred["by_batch_size"].items() if "rows_per_s_x10" in v}
     return out
 
 
@@ -219,7 +224,9 @@ def markdown(report: Dict[str, Any]) -> str:
             lines.append(f"- batch {b}: {v['rows']:,} rows in {v['seconds']} s = {v['rows_per_s']:,.0f} rows/s end to end "
                          f"({s.get('predict_x_training', {}).get(b, 0):.2f}x IARM's training samples/s); "
                          f"{v['marginal_rows_per_s']:,.0f} rows/s without the {v['startup_seconds']} s start-up "
-                         f"({s.get('predict_marginal_x_training', {}).get(b, 0):.2f}x)")
+                         f"({s.get('predict_marginal_x_training', {}).get(b, 0):.2f}x)"
+                         + (f"; {v['rows_x10']:,} rows in {v['seconds_x10']} s = {v['rows_per_s_x10']:,.0f} rows/s end to end "
+                            f"({s.get('predict_x10_x_training', {}).get(b, 0):.2f}x)" if "rows_per_s_x10" in v else ""))
     elif pred:
         lines += ["", f"Scoring failed: {pred.get('error')}"]
     return "\n".join(lines) + "\n"

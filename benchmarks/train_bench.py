@@ -53,11 +53,14 @@ OURS = {
     "iarm_rwadagrad_aten": ("iarm", "rowwise_adagrad"),
     "iarm_rwadagrad_bf16": ("iarm", "rowwise_adagrad"),
     "autoint_rwadagrad_bf16": ("autoint", "rowwise_adagrad"),
+    "iarm_rwadagrad_glibc": ("iarm", "rowwise_adagrad"),
 }
 # runners of ours whose dense arches run under bf16 autocast (TrainSettings.precision)
 BF16 = {"iarm_rwadagrad_bf16", "autoint_rwadagrad_bf16"}
 # runners of ours that attend with ATen's bmm + softmax instead of the compiled CPU kernel
 ATEN_ATTENTION = {"iarm_rwadagrad_aten"}
+# runners of ours with glibc's default malloc (IARM_MALLOC=default: freed large tensors unmapped)
+GLIBC_DEFAULT_MALLOC = {"iarm_rwadagrad_glibc"}
 PEERS = {
     "deepctr_autoint": "deepctr_torch",
     "deepctr_deepfm": "deepctr_torch",
@@ -158,6 +161,8 @@ def launch(job: Dict[str, Any], ranks: int = 1, timeout: float = 3600) -> Dict[s
         env = runner_env(job["threads"], job["omp_wait_policy"])
         if job.get("cpu_attention"):
             env["IARM_CPU_ATTENTION"] = job["cpu_attention"]
+        if job.get("malloc"):
+            env["IARM_MALLOC"] = job["malloc"]
         if ranks > 1:
             env.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), WORLD_SIZE=str(ranks),
                        LOCAL_WORLD_SIZE=str(ranks))
@@ -196,7 +201,8 @@ def job_for(args: argparse.Namespace, runner: str, data_dir: Path, batch_size: i
         job.update(model=model, runner=runner, sparse_optimizer=sparse,
                    sparse_lr=args.lr if sparse == "adam" else args.rowwise_adagrad_lr,
                    cpu_attention="aten" if runner in ATEN_ATTENTION else "kernel",
-                   precision="bf16" if runner in BF16 else "fp32")
+                   precision="bf16" if runner in BF16 else "fp32",
+                   malloc="default" if runner in GLIBC_DEFAULT_MALLOC else "")
     return job
 
 
@@ -278,8 +284,9 @@ def main(argv: Optional[List[str]] = None) -> int:
 
 def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
     """Time ``iarm predict --unlabelled`` end to end (start-up, read and encode the TSV with the
-    saved vocabulary, score, write) on every generated row without its label column, and on a
-    10-row file: the difference gives the marginal rows/s without the command's start-up.
+    saved vocabulary, score, write) on every generated row without its label column, on those
+    rows ten times over (the start-up then weighs a tenth as much; default batch size only), and
+    on a 10-row file: the difference gives the marginal rows/s without the command's start-up.
 
     The model comes from a short ``iarm train`` (``--max-steps-per-epoch 20``) on the same
     generated TSV read as Criteo, then ``iarm export``: what is timed is the scoring path only.
@@ -289,9 +296,10 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
     work = Path(tempfile.mkdtemp(prefix="iarm-bench-predict-"))
     source = data_dir / "tsv" / "train.txt"
     lines = [ln.split(b"\t", 1)[1] for ln in source.read_bytes().split(b"\n") if ln]
-    files = {"all": (work / "all.txt", len(lines)), "tiny": (work / "tiny.txt", 10)}
+    files = {"all": (work / "all.txt", len(lines)), "tiny": (work / "tiny.txt", 10), "x10": (work / "x10.txt", 10 * len(lines))}
     files["all"][0].write_bytes(b"\n".join(lines) + b"\n")
     files["tiny"][0].write_bytes(b"\n".join(lines[:10]) + b"\n")
+    files["x10"][0].write_bytes((b"\n".join(lines) + b"\n") * 10)
     iarm = [sys.executable, "-m", "iarm_torchrec.cli"]
     env = runner_env(args.threads, args.omp_wait_policy)
     run_dir, model_file = work / "run", work / "model.pt"
@@ -303,10 +311,14 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
         done = subprocess.run(iarm + cmd, env=env, capture_output=True, text=True)
         if done.returncode:
             return {"error": f"iarm {cmd[0]} failed", "log_tail": done.stdout[-2000:] + done.stderr[-2000:]}
+    from iarm_torchrec.inference import SCORING_BATCH_SIZE
+
     results: Dict[str, Any] = {}
-    for b in (1024, 4096):
+    for b in (SCORING_BATCH_SIZE, 4096):
         seconds = {}
         for name, (path, rows) in files.items():
+            if name == "x10" and b != SCORING_BATCH_SIZE:
+                continue
             cmd = ["predict", "--model", str(model_file), "--input", str(path), "--out", str(work / "scores.txt"),
                    "--unlabelled", "--batch-size", str(b)]
             t0 = time.perf_counter()
@@ -322,12 +334,16 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
             "rows_per_s": rows / seconds["all"],
             "marginal_rows_per_s": (rows - 10) / max(seconds["all"] - seconds["tiny"], 1e-9),
         }
+        if "x10" in seconds:
+            results[str(b)].update(rows_x10=files["x10"][1], seconds_x10=round(seconds["x10"], 2),
+                                   rows_per_s_x10=files["x10"][1] / seconds["x10"])
         print(f"predict B {b}: {rows / seconds['all']:,.0f} rows/s end to end, "
-              f"{results[str(b)]['marginal_rows_per_s']:,.0f} rows/s without the {seconds['tiny']:.1f} s start-up", flush=True)
+              f"{results[str(b)]['marginal_rows_per_s']:,.0f} rows/s without the {seconds['tiny']:.1f} s start-up"
+              + (f", {results[str(b)]['rows_per_s_x10']:,.0f} rows/s end to end on {files['x10'][1]:,} rows" if "x10" in seconds else ""),
+              flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return {"command": "iarm predict --unlabelled --model M --input ROWS.txt --out S --batch-size B",
             "by_batch_size": results}
-
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -192,14 +192,18 @@ class InteractingLayer(nn.Module):
         return torch.relu_(out)  # in place: no backward here needs the pre-activation
 
     def _add_residual(self, out: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
-        """``out + W_Res e_m`` (Eq. 11) accumulated by the GEMM into ``out``'s own memory
-        (``addmm_``, beta = 1): no ``B x M x H d'`` temporary, no separate add pass (1.13x a
-        3-layer forward at B = 1024, d' = 32). ``out`` is the attention's fresh output, which no
-        backward reads; the operands take its dtype, as autocast would have cast them."""
+        """``out + W_Res e_m`` (Eq. 11) as one GEMM that accumulates onto ``out`` (``addmm``,
+        beta = 1): no ``B x M x H d'`` temporary and no separate add pass. Without autograd
+        (scoring) it accumulates into ``out``'s own memory (``addmm_``; 1.13x a 3-layer forward
+        at B = 1024, d' = 32); with autograd into a new tensor, since in place on ``out``'s 2-D
+        view the backward would copy the gradient back (``CopySlices``). The operands take
+        ``out``'s dtype (under autocast ``addmm`` computes in the autocast type either way)."""
         assert self.residual is not None
         flat = out.flatten(0, 1)  # B M x H d'
-        weight = self.residual.weight.t().to(out.dtype)
-        return flat.addmm_(fields.flatten(0, 1).to(out.dtype), weight).view(out.shape)
+        residual_in, weight = fields.flatten(0, 1).to(out.dtype), self.residual.weight.t().to(out.dtype)
+        if torch.is_grad_enabled():
+            return torch.addmm(flat, residual_in, weight).view(out.shape)
+        return flat.addmm_(residual_in, weight).view(out.shape)
 
     def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
         """The ``alpha`` of Eq. 7 for the explanations of Fig. 5.
