@@ -78,8 +78,12 @@ def test_runs_are_shared_between_studies_and_keyed_by_what_changes_the_result(tm
     assert iarm["table2"] == tmp_path / "runs" / iarm["table2"].parent.name / "seed-0"
     same = replace(BASE, model="iarm", out="elsewhere", device="cpu", resume="latest", cache_dir="/tmp/c")
     assert run_dir(tmp_path, same) == run_dir(tmp_path, replace(BASE, model="iarm"))
-    for change in ({"epochs": 2}, {"lr": 0.01}, {"model_config": {"num_layers": 2}}, {"test_ratio": 0.3}, {"seed": 1}):
+    changes = ({"epochs": 2}, {"lr": 0.01}, {"model_config": {"num_layers": 2}}, {"test_ratio": 0.3}, {"seed": 1},
+               {"embedding_precision": "fp16"})
+    for change in changes:
         assert run_dir(tmp_path, replace(BASE, model="iarm", **change)) != run_dir(tmp_path, replace(BASE, model="iarm"))
+    # a setting added later is keyed only when changed: the folders of earlier runs still match
+    assert "embedding_precision" not in settings_key(BASE)
     # an FM run's folder hashes FM's settings only: IARM's defaults changing would not move it
     assert "num_layers" not in json.dumps(settings_key(BASE.with_model("fm")))
 

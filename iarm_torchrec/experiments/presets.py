@@ -66,6 +66,9 @@ TEST_RATIOS: List[float] = [0.2, 0.3]
 _NOT_IN_KEY = ("out", "seed", "resume", "device", "cache_dir", "checkpoint_every")
 """Settings that do not change a run's result (where it is written, how it is resumed) or
 that are keyed separately (the seed)."""
+_KEYED_WHEN_CHANGED = {"embedding_precision": "fp32"}
+"""Settings added after runs were first keyed, with the default they had before: they enter
+the key only when changed, so the folders of runs trained before them are still found."""
 
 
 @dataclass(frozen=True)
@@ -171,7 +174,11 @@ PRESETS = {
 
 def settings_key(settings: TrainSettings) -> Dict[str, Any]:
     """What a run's result depends on, besides its seed: every setting but where it is written."""
-    key = {k: v for k, v in settings.to_dict().items() if k not in _NOT_IN_KEY}
+    key = {
+        k: v
+        for k, v in settings.to_dict().items()
+        if k not in _NOT_IN_KEY and not (k in _KEYED_WHEN_CHANGED and v == _KEYED_WHEN_CHANGED[k])
+    }
     if key.get("data_dir"):
         key["data_dir"] = str(Path(key["data_dir"]).resolve())
     return key

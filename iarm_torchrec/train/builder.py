@@ -3,8 +3,9 @@
 :func:`build_run` does, on every rank, what has to happen before the first step:
 
 1. refuses what cannot work, before it writes anything: a global batch that does not split over
-   the ranks, a fresh start into a run folder that already holds checkpoints, a ``--resume``
-   whose settings differ from the run's in more than :data:`RESUME_MAY_CHANGE`; then rank 0
+   the ranks, float16 tables that a non-fused optimizer would step, a fresh start into a run
+   folder that already holds checkpoints, a ``--resume`` whose settings differ from the run's
+   in more than :data:`RESUME_MAY_CHANGE`; then rank 0
    locks the run folder for the whole run (:mod:`~iarm_torchrec.locks`: a second training into
    the same ``--out`` is refused, naming the owner);
 2. finds or makes the preprocessed data (rank 0 preprocesses, the others wait);
@@ -40,7 +41,7 @@ from iarm_torchrec.train.checkpoint import CheckpointManager
 from iarm_torchrec.train.distributed import DistEnv
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, MODEL_FILE, RUN_FILE, TENSORBOARD_DIR
 from iarm_torchrec.train.settings import SETTINGS_FILE, TrainSettings
-from iarm_torchrec.train.sharding import ShardedModel, init_tables, shard_model, table_configs
+from iarm_torchrec.train.sharding import ShardedModel, check_table_precision, init_tables, shard_model, table_configs
 
 logger = logging.getLogger(__name__)
 
@@ -109,6 +110,7 @@ def check_startable(settings: TrainSettings, env: DistEnv, checkpoints: Checkpoi
         raise ValueError(
             f"{settings.out} already holds checkpoints of a run: pass --resume to continue it, or give another --out"
         )
+    check_table_precision(settings.embedding_precision, settings.sparse_optimizer, env.device)
     if settings.resume:
         check_resume_settings(settings)
 
@@ -155,14 +157,15 @@ def build_run(settings: TrainSettings, env: DistEnv) -> TrainingRun:
 def sharded_model(model_config: ModelConfig, spec: FeatureSpec, settings: TrainSettings, env: DistEnv) -> ShardedModel:
     """``DistributedModelParallel(CTRTrain(model))`` and its optimizer: the model built on
     ``meta`` with the seed's dense parameters (identical on every rank), started at the training
-    click rate, sharded with the settings' optimizers, tables initialised from the seed alone."""
+    click rate, sharded with the settings' optimizers and table precision, tables initialised from
+    the seed alone."""
     torch.manual_seed(settings.seed)  # the dense parameters: built on CPU, identical on every rank
     bare = model_config.build(torch.device("meta"))
     if isinstance(bare, FieldModel):
         bare.start_at_click_rate(spec.click_rate("train"))
     model = CTRTrain(bare, settings.precision, env.device.type)
     tables = table_configs(model)
-    sharded = shard_model(model, env, settings.optimizer_settings())
+    sharded = shard_model(model, env, settings.optimizer_settings(), settings.embedding_precision)
     init_tables(sharded.model, tables, settings.seed)
     return sharded
 

@@ -40,7 +40,7 @@ from iarm_torchrec.data.preprocess import DATASETS as RAW_DATASETS
 from iarm_torchrec.files import PathLike, atomic_write_json
 from iarm_torchrec.models.registry import MODEL_NAMES, check_model_settings, config_class, describe_settings
 from iarm_torchrec.modules.checks import check_choice
-from iarm_torchrec.train.sharding import OptimizerSettings
+from iarm_torchrec.train.sharding import TABLE_DATA_TYPES, OptimizerSettings
 
 DATASETS = ("synthetic", *RAW_DATASETS)
 """What ``--dataset`` takes: the generated dataset and every raw format :mod:`iarm_torchrec.data` reads."""
@@ -49,6 +49,8 @@ SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
 PRECISIONS = ("fp32", "bf16", "fp16")
 """``--precision``: the dense arches' compute type (:mod:`iarm_torchrec.models.ctr_train`)."""
+EMBEDDING_PRECISIONS = tuple(TABLE_DATA_TYPES)
+"""``--embedding-precision``: how FBGEMM stores the tables (:func:`~iarm_torchrec.train.sharding.set_table_precision`)."""
 MONITORS = ("auc", "logloss")
 """Validation metrics that can pick the best epoch (``auc`` higher, ``logloss`` lower is better)."""
 SETTINGS_FILE = "settings.json"
@@ -119,6 +121,10 @@ class TrainSettings:
         precision: the dense arches' compute type: ``fp32`` (default), ``bf16`` (autocast;
             CPUs with AVX512-BF16/AMX and GPUs) or ``fp16`` (autocast, CUDA only); parameters,
             logits and loss stay float32 (:class:`~iarm_torchrec.models.ctr_train.CTRTrain`).
+        embedding_precision: how FBGEMM stores the tables: ``fp32`` (default) or ``fp16`` (half
+            the bytes; pooled embeddings, optimizer state and exports stay float32); ``fp16``
+            needs a fused sparse optimizer (not ``adam`` on CPU). See
+            :mod:`~iarm_torchrec.train.sharding`.
     """
 
     dataset: str = "synthetic"
@@ -155,9 +161,16 @@ class TrainSettings:
     device: str = "auto"
     max_steps_per_epoch: int = 0
     precision: str = "fp32"
+    embedding_precision: str = "fp32"
 
     def __post_init__(self) -> None:
         check_choice("precision", self.precision, PRECISIONS)
+        if self.embedding_precision == "bf16":
+            raise ValueError(
+                "embedding_precision bf16: FBGEMM's CPU table kernels (fbgemm-gpu-cpu 1.8.0) have no bfloat16 "
+                "forward; use --embedding-precision fp16 (or fp32)"
+            )
+        check_choice("embedding_precision", self.embedding_precision, EMBEDDING_PRECISIONS)
         check_choice("dataset", self.dataset, DATASETS)
         check_choice("model", self.model, MODEL_NAMES)
         check_choice("dense_optimizer", self.dense_optimizer, DENSE_OPTIMIZERS)
@@ -396,6 +409,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs; default: whole epochs)")
     g.add_argument("--precision", choices=PRECISIONS, help="dense arches' compute type: fp32 (default), bf16 autocast "
                    "(CPUs with AVX512-BF16/AMX, GPUs) or fp16 autocast (CUDA only); weights, logits and loss stay fp32")
+    g.add_argument("--embedding-precision", help="how FBGEMM stores the tables: fp32 (default) or fp16 (half the bytes; "
+                   "pooled embeddings and exports stay fp32; needs a fused --sparse-optimizer, not adam on CPU)")
 
 
 def _comma_ints(text: str) -> List[int]:

@@ -27,6 +27,18 @@ fbgemm-gpu-cpu 1.8.0: SGD, Adagrad and row-wise Adagrad) accept the argument and
 on CPU a fused table optimizer with ``embedding_weight_decay`` is refused with that message
 rather than silently unregularized; there, sparse ``adam`` (the non-fused dense kernel) takes
 Adam's own L2 ``weight_decay``, which reaches every row.
+
+Table precision (``embedding_precision``): ``fp16`` stores the tables on FBGEMM's kernels in
+float16, half the bytes of float32. TorchRec takes a table's FBGEMM ``weights_precision`` from
+its config's ``data_type``, so :func:`shard_model` sets that on the tables the fused kernel
+will hold; the kernel still pools into float32 (TBE's ``output_dtype``, FP32 by default), so
+the dense arches see float32 as before, and the fused optimizers keep their state in float32.
+Tables on the dense kernel (widths FBGEMM cannot take, such as the 1-wide first-order tables
+of FM or Wide&Deep) stay float32: a torch optimizer would step them in float16. With a
+non-fused sparse optimizer (``adam`` on CPU) every table is on the dense kernel, so ``fp16`` is
+refused there: a float16 ``torch.optim.Adam`` underflows its second moment (rows moved by ~57
+in three steps at ``lr`` 0.05, checked with fbgemm-gpu-cpu 1.8.0). ``bf16`` is not offered:
+that version's CPU table forward has no bfloat16 kernel, fused or dense.
 """
 
 import logging
@@ -45,7 +57,7 @@ from torchrec.distributed.model_parallel import DistributedModelParallel
 from torchrec.distributed.planner import EmbeddingShardingPlanner, ParameterConstraints
 from torchrec.distributed.planner.types import KernelConfig, TopologyFactory, TrainerConfig
 from torchrec.distributed.types import ShardingPlan, ShardingType
-from torchrec.modules.embedding_configs import EmbeddingBagConfig, PoolingType
+from torchrec.modules.embedding_configs import DataType, EmbeddingBagConfig, PoolingType
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from fbgemm_gpu.tbe.config.optimizer_config import WeightDecayMode
 from torchrec.optim.apply_optimizer_in_backward import apply_optimizer_in_backward
@@ -72,6 +84,8 @@ DENSE_OPTIMIZER_CLASSES: Dict[str, Type[torch.optim.Optimizer]] = {
 CPU_FUSED_SPARSE_OPTIMIZERS = ("rowwise_adagrad", "adagrad", "sgd")
 # FBGEMM's table-batched kernels take tables whose width is a multiple of 4 columns only.
 FBGEMM_COLUMN_MULTIPLE = 4
+TABLE_DATA_TYPES: Dict[str, DataType] = {"fp32": DataType.FP32, "fp16": DataType.FP16}
+"""``embedding_precision`` -> the tables' ``data_type`` (FBGEMM's ``weights_precision``)."""
 _ROW_SPLITTING = {ShardingType.ROW_WISE.value, ShardingType.TABLE_ROW_WISE.value, ShardingType.GRID_SHARD.value}
 
 
@@ -147,10 +161,35 @@ class ShardedModel:
     sparse_fused: bool
 
 
-def shard_model(model: nn.Module, env: DistEnv, optimizer: OptimizerSettings) -> ShardedModel:
-    """Shard ``model`` (a ``*Train`` wrapper built on ``meta``) over the job in ``env``."""
+def check_table_precision(precision: str, sparse_optimizer: str, device: torch.device) -> None:
+    """Refuse tables in a reduced ``precision`` that a non-fused optimizer would step."""
+    if precision != "fp32" and not sparse_optimizer_is_fused(sparse_optimizer, device):
+        raise ValueError(
+            f"embedding_precision {precision}: FBGEMM's CPU kernels cannot fuse {sparse_optimizer}, so the tables "
+            f"would be {precision} parameters stepped by a torch.optim.Adam, whose {precision} moments underflow; "
+            "use --sparse-optimizer rowwise_adagrad, adagrad or sgd, or --embedding-precision fp32"
+        )
+
+
+def set_table_precision(model: nn.Module, precision: str) -> None:
+    """Store the tables of ``model`` (built on ``meta``, not sharded yet) that FBGEMM's fused
+    kernel will hold (width a multiple of 4) in ``precision`` (a key of
+    :data:`TABLE_DATA_TYPES`); the sharder reads it from each config's ``data_type``."""
+    for _, ebc in embedding_bag_collections(model):
+        for config in ebc.embedding_bag_configs():
+            if config.embedding_dim % FBGEMM_COLUMN_MULTIPLE == 0:
+                config.data_type = TABLE_DATA_TYPES[precision]
+
+
+def shard_model(
+    model: nn.Module, env: DistEnv, optimizer: OptimizerSettings, embedding_precision: str = "fp32"
+) -> ShardedModel:
+    """Shard ``model`` (a ``*Train`` wrapper built on ``meta``) over the job in ``env``, its
+    FBGEMM tables stored in ``embedding_precision`` (``fp32`` or ``fp16``)."""
     sparse_optimizer = optimizer.sparse
     fused = sparse_optimizer_is_fused(sparse_optimizer, env.device)
+    check_table_precision(embedding_precision, sparse_optimizer, env.device)
+    set_table_precision(model, embedding_precision)
     if fused and optimizer.embedding_weight_decay and env.device.type == "cpu":
         raise ValueError(
             f"embedding_weight_decay: FBGEMM's CPU kernels ignore weight_decay for the fused {sparse_optimizer} "
@@ -222,9 +261,10 @@ def init_tables(sharded: DistributedModelParallel, configs: Dict[str, EmbeddingB
     one and N ranks start from the same model.
 
     Values follow the table's own init range (``uniform(weight_init_min, weight_init_max)``,
-    TorchRec's default) and are drawn in chunks of :data:`_INIT_CHUNK_ROWS` rows, each from a
-    generator seeded by ``(seed, table, chunk)``: a rank draws only the chunks its shards
-    overlap. ``configs`` maps state-dict keys of table weights to their configs.
+    TorchRec's default), drawn in float32 and rounded to the table's precision, in chunks of
+    :data:`_INIT_CHUNK_ROWS` rows, each from a generator seeded by ``(seed, table, chunk)``: a
+    rank draws only the chunks its shards overlap. ``configs`` maps state-dict keys of table
+    weights to their configs.
     """
     state = sharded.state_dict()
     for key, config in configs.items():
