@@ -21,6 +21,7 @@ from typing import Callable, Tuple
 import torch
 from tqdm import tqdm
 
+from iarm_torchrec.allocator import ResultBuffer
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.data.spec import FeatureSpec
@@ -65,12 +66,12 @@ def predict(
         spec = encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test", keep_neutral=True)
         _report_neutral(spec, str(input_file))
         loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
-        scores = []
+        scores = ResultBuffer(loader.num_real_rows)  # not a list of small tensors: allocator.py
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
             for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
                 probabilities = score(batch.dense_features, batch.sparse_features).float()
-                scores.append(probabilities[batch.labels != PADDING_LABEL])
-        result = torch.cat(scores)
+                scores.extend(probabilities[batch.labels != PADDING_LABEL])
+        result = scores.values()
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))
     return result
 

@@ -10,7 +10,7 @@ windowed ``RecMetricModule``, so that every figure of a run describes the same s
 """
 
 from dataclasses import dataclass
-from typing import Iterable, Iterator, List, Tuple
+from typing import Iterable, Iterator, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -25,6 +25,7 @@ from torchrec.metrics.calibration import (
 )
 from torchrec.metrics.ne import compute_ne, get_ne_states
 
+from iarm_torchrec.allocator import ResultBuffer
 from iarm_torchrec.data.loader import PADDING_LABEL
 from iarm_torchrec.train.distributed import DistEnv
 
@@ -85,8 +86,7 @@ def gather_scores(
     number of batches (the eval loader ensures it)."""
     was_training = model.training
     model.eval()
-    logits: List[torch.Tensor] = []
-    labels: List[torch.Tensor] = []
+    logits, labels = ResultBuffer(), ResultBuffer()  # not lists of small tensors: allocator.py
     iterator: Iterator[object] = iter(batches)
     with torch.no_grad():
         while True:
@@ -94,11 +94,11 @@ def gather_scores(
                 _, batch_logits, batch_labels = pipeline.progress(iterator)
             except StopIteration:
                 break
-            logits.append(batch_logits.float().cpu())
-            labels.append(batch_labels.float().cpu())
+            logits.extend(batch_logits.float().cpu())
+            labels.extend(batch_labels.float().cpu())
     model.train(was_training)
-    all_logits = env.gather_all(torch.cat(logits) if logits else torch.zeros(0))
-    all_labels = env.gather_all(torch.cat(labels) if labels else torch.zeros(0))
+    all_logits = env.gather_all(logits.values())
+    all_labels = env.gather_all(labels.values())
     real = all_labels != PADDING_LABEL
     return all_logits[real], all_labels[real]
 
