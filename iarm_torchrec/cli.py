@@ -96,8 +96,8 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="where to write one click probability per line")
     parser.add_argument("--unlabelled", action="store_true", help="the input has no label column (e.g. Criteo test.txt)")
     parser.add_argument("--batch-size", type=int, default=SCORING_BATCH_SIZE,
-                        help=f"rows scored at once (default {SCORING_BATCH_SIZE}: on CPU larger batches are slower per row, "
-                        "their intermediate tensors outgrow the caches and the allocator's reuse)")
+                        help=f"rows scored at once (default {SCORING_BATCH_SIZE}; on CPU larger batches are no faster "
+                        "and take more memory)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the dense arches' compute type while scoring: bf16 autocast (CPUs with AVX512-BF16/AMX, "
                         "GPUs) or fp32 (default); the attention and the embeddings stay float32")
