@@ -21,7 +21,6 @@ from torch.distributed.checkpoint import FileSystemReader
 from components import iarm as iarm_component
 from dist_utils import run_ranks
 from iarm_torchrec.cli import main as iarm
-from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.experiments.attention import run_attention
 from iarm_torchrec.inference.export import load_exported
 from iarm_torchrec.inference.predict import predict
@@ -31,7 +30,7 @@ from iarm_torchrec.train.evaluate import binary_metrics
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE
 from iarm_torchrec.train.settings import SETTINGS_FILE, TrainSettings
 from test_components import torchrun_command, trainer_args
-from test_export_predict import _test_rows
+from test_export_predict import _test_rows, _test_split_scores
 from train_utils import checkpointed_run, train_run
 import test_gpu  # its small IARM and batches
 
@@ -195,21 +194,16 @@ def test_export_upcasts_and_predict_scores_as_the_training_did(fp16_run: Path, t
     table = model.embedding_arch.embedding_bag_collection.embedding_bags["t_C1"].weight
     assert table.dtype == torch.float32 and torch.equal(table, table.half().float())  # fp16 values, exactly
     data_dir = Path(json.loads((fp16_run / RUN_FILE).read_text())["data_dir"])
-    logits, labels = [], []
-    with torch.no_grad():
-        for batch in ShardedBatchLoader(data_dir, "test", batch_size=1000, drop_last=False):
-            keep = batch.labels != PADDING_LABEL
-            logits.append(model(batch.dense_features, batch.sparse_features)[keep])
-            labels.append(batch.labels[keep])
-    result = binary_metrics(torch.cat(logits), torch.cat(labels))
+    logits, labels = _test_split_scores(model, data_dir)
+    result = binary_metrics(logits, labels)
     assert result.auc == pytest.approx(metrics["test_auc"], abs=1e-5)
     assert result.logloss == pytest.approx(metrics["test_logloss"], abs=1e-5)
 
     rows = _test_rows(data_dir)
     (tmp_path / "test.txt").write_bytes(b"".join(rows))
     scores = predict(exported, tmp_path / "test.txt", tmp_path / "scores.txt", batch_size=700, progress=False)
-    assert np.allclose(np.loadtxt(tmp_path / "scores.txt"), torch.sigmoid(torch.cat(logits)).numpy(), atol=1e-6)
-    assert binary_metrics(torch.logit(scores.double()), torch.cat(labels)).auc == pytest.approx(metrics["test_auc"], abs=1e-5)
+    assert np.allclose(np.loadtxt(tmp_path / "scores.txt"), torch.sigmoid(logits).numpy(), atol=1e-6)
+    assert binary_metrics(torch.logit(scores.double()), labels).auc == pytest.approx(metrics["test_auc"], abs=1e-5)
 
     assert iarm(["export", str(exported), "--serving", "--out", str(tmp_path / "serving")]) == 0
     maps, fields = run_attention(fp16_run, batch_size=1000)

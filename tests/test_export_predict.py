@@ -3,7 +3,7 @@
 import json
 import shutil
 from pathlib import Path
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import pytest
@@ -57,17 +57,23 @@ def test_the_export_is_plain_data_with_every_table_whole(exported: Path, run: Pa
     assert sorted(p.name for p in exported.parent.iterdir() if p.name.endswith(".tmp")) == []  # no temporary left
 
 
-def test_the_loaded_model_reproduces_the_test_metrics(exported: Path, run: Path, data_dir: Path) -> None:
-    metrics = json.loads((run / METRICS_FILE).read_text())
-    model = load_exported(exported)
-    assert isinstance(model, IARM) and not model.training
+def _test_split_scores(model: torch.nn.Module, data_dir: Path) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``model``'s logits and the labels over the preprocessed test split, padding dropped,
+    computed here, outside the trainer."""
     logits, labels = [], []
     with torch.no_grad():
         for batch in ShardedBatchLoader(data_dir, "test", batch_size=1000, drop_last=False):
             keep = batch.labels != PADDING_LABEL
             logits.append(model(batch.dense_features, batch.sparse_features)[keep])
             labels.append(batch.labels[keep])
-    result = binary_metrics(torch.cat(logits), torch.cat(labels))
+    return torch.cat(logits), torch.cat(labels)
+
+
+def test_the_loaded_model_reproduces_the_test_metrics(exported: Path, run: Path, data_dir: Path) -> None:
+    metrics = json.loads((run / METRICS_FILE).read_text())
+    model = load_exported(exported)
+    assert isinstance(model, IARM) and not model.training
+    result = binary_metrics(*_test_split_scores(model, data_dir))
     assert result.rows == metrics["test_rows"]
     assert result.auc == pytest.approx(metrics["test_auc"], abs=1e-5)
     assert result.logloss == pytest.approx(metrics["test_logloss"], abs=1e-5)
