@@ -345,5 +345,6 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
     return {"command": "iarm predict --unlabelled --model M --input ROWS.txt --out S --batch-size B",
             "by_batch_size": results}
 
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -94,8 +94,8 @@ def gather_scores(
                 _, batch_logits, batch_labels = pipeline.progress(iterator)
             except StopIteration:
                 break
-            logits.extend(batch_logits.float().cpu())
-            labels.extend(batch_labels.float().cpu())
+            logits.extend(batch_logits)  # the buffer takes float32 on the CPU
+            labels.extend(batch_labels)
     model.train(was_training)
     all_logits = env.gather_all(logits.values())
     all_labels = env.gather_all(labels.values())
