@@ -1,5 +1,5 @@
 """The training tools act, not only parse: dropout, normalization, attention departures, IARM's
-product and deep towers, weight decay (dense and on the touched embedding rows), gradient
+product, deep and cross arches, weight decay (dense and on the touched embedding rows), gradient
 clipping, the learning-rate schedule on every optimizer (fused tables included), the monitored
 metric, bucketized numeric fields."""
 
@@ -80,6 +80,31 @@ def test_iarm_product_and_deep_towers_join_the_output_layer() -> None:
         assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in arch.parameters())
     with pytest.raises(ValueError, match=r"product must be one of \['none', 'inner', 'outer'\]"):
         IARM(ebc, 2, user_feature_names=["user"], product="kernel")
+
+
+@pytest.mark.parametrize("cross_type", ["matrix", "vector"])
+def test_iarm_cross_variant_joins_dcn_crosses_before_the_output_layer(cross_type: str) -> None:
+    torch.manual_seed(0)
+    ebc, dense, kjt = toy_inputs()
+    model = IARM(ebc, 2, user_feature_names=["user"], interest_layer_sizes=[4], num_layers=1, head_dim=4,
+                 num_cross_layers=2, cross_type=cross_type)  # fmt: skip
+    m, d = model.num_fields, model.embedding_dim
+    assert model.output_arch.linear.in_features == 4 + m * 8 + m * d
+    for b in model.cross_arch.bias:  # TorchRec starts them at zero: make them count
+        torch.nn.init.normal_(b)
+    fields = model.embedding_arch(dense, kjt)
+    x0 = fields.flatten(1)  # B x M D
+    xl = x0
+    for w, b in zip(model.cross_arch.kernels, model.cross_arch.bias):  # DCN Eq. 3 / DCN-V2, by hand
+        xl = x0 * (xl @ w) + b[:, 0] + xl if w.shape[1] == 1 else x0 * (xl @ w.T + b[:, 0]) + xl
+    users = model.interest_arch(fields[:, :1])
+    expected = model.output_arch(torch.cat([users, model.interacting_arch(fields).flatten(1), xl], dim=1))
+    assert torch.allclose(model(dense, kjt), expected, atol=1e-6)
+    CTRTrain(model)(Batch(dense, kjt, torch.tensor([1.0, 0.0])))[0].backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in model.cross_arch.parameters())
+    with pytest.raises(ValueError, match=r"cross_type must be one of \['vector', 'matrix'\], got 'low_rank'"):
+        IARM(ebc, 2, user_feature_names=["user"], num_cross_layers=1, cross_type="low_rank")
+    assert IARM(ebc, 2, user_feature_names=["user"]).cross_arch is None  # the paper's model by default
 
 
 def test_the_variants_are_model_settings_of_iarm_train() -> None:

@@ -25,7 +25,7 @@ log-uniform, ``weight_decay`` in {0, 1e-6 .. 1e-3}, ``embedding_weight_decay`` i
 (the paper's model): ``num_layers`` 1-4, ``num_heads`` {1, 2, 4}, ``head_dim`` {8, 16, 32},
 ``attention_dropout`` [0, 0.3]; ``iarm_variants``: the same plus the departures ``product``
 {none, inner}, the product tower {none, 400-400-400}, the IARM+ tower {none, 400-400-400},
-``attention_layer_norm``; AutoInt: IARM's attention settings; DCN: 1-4
+``attention_layer_norm``, 0-2 matrix cross layers; AutoInt: IARM's attention settings; DCN: 1-4
 cross layers, vector or matrix; PNN: inner or outer product; AFM: ``attention_dim`` {8, 16, 32};
 Deep Crossing: 1-3 residual units of {64, 128, 256, 400}; the deep models' towers: {1, 2, 3} layers
 of {100, 200, 400}; FM: the optimizer settings only.
@@ -110,6 +110,7 @@ def _iarm_variants(trial: Any) -> Draw:
         product_layer_sizes=[400, 400, 400] if tower else [],
         deep_layer_sizes=[400, 400, 400] if trial.suggest_categorical("deep_tower", [False, True]) else [],
         attention_layer_norm=trial.suggest_categorical("attention_layer_norm", [False, True]),
+        num_cross_layers=trial.suggest_int("num_cross_layers", 0, 2),
     )
     return training, model
 
@@ -136,7 +137,7 @@ SEARCH_SPACES: Dict[str, SearchSpace] = {
     "iarm": SearchSpace("iarm", _iarm, {**_ATTENTION_START, "dropout": 0.0}),
     "iarm_variants": SearchSpace("iarm", _iarm_variants, {
         **_ATTENTION_START, "dropout": 0.0, "product": "inner", "product_tower": True, "deep_tower": False,
-        "attention_layer_norm": False}),  # fmt: skip
+        "attention_layer_norm": False, "num_cross_layers": 0}),  # fmt: skip
     "autoint": SearchSpace("autoint", _space(_attention), _ATTENTION_START),
     "fm": SearchSpace("fm", _space(lambda trial: {})),
     "wide_deep": SearchSpace("wide_deep", _space(_tower), _TOWER_START),

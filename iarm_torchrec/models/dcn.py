@@ -5,20 +5,16 @@ from typing import Sequence
 
 import torch
 from torch import nn
-from torchrec.modules.crossnet import CrossNet, VectorCrossNet
 from torchrec.modules.embedding_modules import EmbeddingBagCollection
 from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from typing_extensions import Unpack
 
 from iarm_torchrec.models.config import DeepModelConfig
 from iarm_torchrec.models.field_model import FieldModel, FieldOptions
-from iarm_torchrec.modules.checks import check_choice, check_non_negative
+from iarm_torchrec.modules.cross import cross_net
 from iarm_torchrec.modules.deep import DEFAULT_DEEP_LAYER_SIZES
 from iarm_torchrec.modules.output import OutputArch
 from iarm_torchrec.modules.tower import Tower
-
-CROSS_TYPES = ("vector", "matrix")
-
 
 class DCN(FieldModel):
     """Cross network and deep network side by side over ``x_0 = [v_1; ...; v_M]``::
@@ -28,9 +24,10 @@ class DCN(FieldModel):
         y       = w^T [x_L; h] + b                  combination layer (Eq. 5)    B
 
     ``x_0`` is the flattened ``B x M x D`` field matrix (numerical fields as ``v_m x_m``, in
-    the same space as the categorical ones). The cross network is TorchRec's
-    ``VectorCrossNet`` (the original DCN, ``cross_type="vector"``) or its ``CrossNet``
-    (DCN-V2's ``x_0 * (W_l x_l + b_l) + x_l`` with a full matrix, ``cross_type="matrix"``).
+    the same space as the categorical ones). The cross network
+    (:func:`~iarm_torchrec.modules.cross.cross_net`) is TorchRec's ``VectorCrossNet`` (the
+    original DCN, ``cross_type="vector"``) or its ``CrossNet`` (DCN-V2's
+    ``x_0 * (W_l x_l + b_l) + x_l`` with a full matrix, ``cross_type="matrix"``).
 
     Example::
 
@@ -60,11 +57,8 @@ class DCN(FieldModel):
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, **fields)
-        check_choice("cross_type", cross_type, CROSS_TYPES)
-        check_non_negative(num_cross_layers=num_cross_layers)
         num_inputs = self.flat_dim
-        cross_class = VectorCrossNet if cross_type == "vector" else CrossNet
-        self.cross_net: nn.Module = cross_class(num_inputs, num_cross_layers)
+        self.cross_net: nn.Module = cross_net(num_inputs, num_cross_layers, cross_type)
         self.deep_net: Tower = Tower(num_inputs, deep_layer_sizes, dropout, norm, name="deep_layer_sizes")
         self.output_arch: OutputArch = OutputArch(num_inputs + self.deep_net.output_dim)
 

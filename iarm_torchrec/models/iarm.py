@@ -14,6 +14,7 @@ from iarm_torchrec.models.field_model import FieldModel, FieldOptions
 from iarm_torchrec.modules.interacting import InteractingArch
 from iarm_torchrec.modules.interest import InterestArch
 from iarm_torchrec.modules.checks import check_choice
+from iarm_torchrec.modules.cross import cross_net
 from iarm_torchrec.modules.output import OutputArch
 from iarm_torchrec.modules.products import PRODUCTS, product_arch
 from iarm_torchrec.modules.tower import Tower
@@ -81,6 +82,10 @@ class IARM(FieldModel):
             joined instead of ``p`` itself (empty: ``p`` is joined as it is).
         deep_layer_sizes: IARM+: a parallel ReLU tower over the flattened field vectors, joined
             before the output layer (as AutoInt+ adds one to AutoInt); empty: none.
+        num_cross_layers / cross_type: a cross network over the flattened field vectors
+            (:func:`~iarm_torchrec.modules.cross.cross_net`, DCN's), its ``B x M D`` output joined
+            before the output layer: explicit products of every degree up to ``L + 1``; 0 layers
+            (the default): none. ``cross_type`` ``"matrix"`` (DCN-V2's, the default) or ``"vector"``.
 
     The departures are off by default, so ``IARM(...)`` is the paper's model; each is a
     setting of :class:`IARMConfig` and of ``iarm train --model-config``.
@@ -105,6 +110,8 @@ class IARM(FieldModel):
         product: str = "none",
         product_layer_sizes: Sequence[int] = (),
         deep_layer_sizes: Sequence[int] = (),
+        num_cross_layers: int = 0,
+        cross_type: str = "matrix",
         **fields: Unpack[FieldOptions],
     ) -> None:
         super().__init__(embedding_bag_collection, dense_in_features, **fields)
@@ -138,11 +145,14 @@ class IARM(FieldModel):
         self.deep_arch: Optional[Tower] = (
             Tower(self.flat_dim, deep_layer_sizes, name="deep_layer_sizes", **self.tower_options) if deep_layer_sizes else None
         )
+        cross = cross_net(self.flat_dim, num_cross_layers, cross_type)  # checks the settings either way
+        self.cross_arch: Optional[nn.Module] = cross if num_cross_layers > 0 else None
         widths = [
             self.interest_arch.output_dim if self.interest_arch is not None else 0,
             len(names) * self.interacting_arch.output_dim,
             _width(self.product_tower) or _width(self.product_arch),
             _width(self.deep_arch),
+            self.flat_dim if self.cross_arch is not None else 0,
         ]
         self.output_arch: nn.Module = self.build_output_arch(sum(widths))
 
@@ -172,16 +182,19 @@ class IARM(FieldModel):
 
     def _logits(self, fields: torch.Tensor, interacted: torch.Tensor) -> torch.Tensor:
         parts = [interacted.flatten(1)]  # B x M H d'
+        flat = fields.flatten(1)  # B x M D, what the departures read
         if self.interest_arch is not None:
             users = fields.index_select(1, self.user_field_index)  # B x n x D (Eq. 5)
             parts.insert(0, self.interest_arch(users))  # B x K (Eq. 6)
         if self.product_arch is not None:
             products = self.product_arch(fields)  # B x P
             if self.product_tower is not None:
-                products = self.product_tower(torch.cat([fields.flatten(1), products], dim=1))
+                products = self.product_tower(torch.cat([flat, products], dim=1))
             parts.append(products)
         if self.deep_arch is not None:
-            parts.append(self.deep_arch(fields.flatten(1)))  # IARM+
+            parts.append(self.deep_arch(flat))  # IARM+
+        if self.cross_arch is not None:
+            parts.append(self.cross_arch(flat))  # B x M D
         return self.output_arch(torch.cat(parts, dim=1))  # Eq. 12
 
     def forward(self, dense_features: torch.Tensor, sparse_features: KeyedJaggedTensor) -> torch.Tensor:
@@ -242,6 +255,8 @@ class IARMConfig(ModelConfig):
     product: str = "none"
     product_layer_sizes: List[int] = field(default_factory=list)
     deep_layer_sizes: List[int] = field(default_factory=list)
+    num_cross_layers: int = 0
+    cross_type: str = "matrix"
 
     def model_arguments(self, device: Optional[torch.device]) -> Dict[str, Any]:
         """The shared arguments plus the user fields of Eq. 5."""
