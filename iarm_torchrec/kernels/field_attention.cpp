@@ -65,8 +65,10 @@ inline vf exp_nonpositive(vf x) {
 }
 
 #if defined(__AVX512F__)
-// In-register transpose of 16 rows of 16 floats.
-inline void transpose16(__m512 r[16]) {
+// In-register transpose of 16 rows of 16 floats. Not inlined: that is how GCC compiled it when
+// gather and scatter read float32 only; inlined into the four gathers and scatters of float32 and
+// bf16, it measured 0.98x the float32 forward and backward.
+__attribute__((noinline)) void transpose16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -112,10 +114,9 @@ inline void store16(at::BFloat16* p, __m512 x) {
 }
 #endif
 
-// Prefetch distance of gather and scatter, in bytes (8 cache lines; see gather).
-constexpr int64_t PREFETCH_BYTES = 8 * 64;
-
-inline const char* ahead(const void* p) { return static_cast<const char*>(p) + PREFETCH_BYTES; }
+// Prefetch distance of gather and scatter in elements of T: 8 cache lines (see gather).
+template <typename T>
+constexpr int64_t AHEAD = 8 * 64 / sizeof(T);
 
 // Lane-major copy of LANES samples' first n elements (samples `sample` elements apart), as floats:
 // dst[e][l] = src[l * sample + e]; lanes past `valid` are 0. T is float or at::BFloat16: bf16 input
@@ -129,7 +130,7 @@ void gather(const T* src, int64_t sample, int64_t n, int valid, vf* dst) {
 #if defined(__AVX512F__)
   for (; e + LANES <= n; e += LANES) {
     __m512 r[16];
-    for (int l = 0; l < valid; ++l) _mm_prefetch(ahead(src + l * sample + e), _MM_HINT_T0);
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + e + AHEAD<T>), _MM_HINT_T0);
     for (int l = 0; l < LANES; ++l) r[l] = l < valid ? load16(src + l * sample + e) : _mm512_setzero_ps();
     transpose16(r);
     for (int c = 0; c < LANES; ++c) std::memcpy(&dst[e + c], &r[c], sizeof(vf));
@@ -153,7 +154,7 @@ void scatter(const vf* src, int64_t n, int valid, T* dst, int64_t sample) {
     __m512 r[16];
     for (int c = 0; c < LANES; ++c) std::memcpy(&r[c], &src[e + c], sizeof(vf));
     transpose16(r);
-    for (int l = 0; l < valid; ++l) _mm_prefetch(ahead(dst + l * sample + e), _MM_HINT_T0);
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(dst + l * sample + e + AHEAD<T>), _MM_HINT_T0);
     for (int l = 0; l < valid; ++l) store16(dst + l * sample + e, r[l]);
   }
 #endif
