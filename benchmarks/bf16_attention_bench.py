@@ -14,7 +14,7 @@ backward of a bf16 gradient) and one :class:`InteractingLayer` (``d = H d'`` in,
 3rd layers) under ``torch.autocast("cpu", torch.bfloat16)``, forward, then backward. Per round and
 route the median of ``--calls`` calls of the calling thread's CPU time (``thread_time``) and wall
 time; the report gives the medians over the rounds and the median of the per-round ratios
-copy / direct.
+copy / direct. glibc's allocator is set to reuse freed memory, as ``iarm train`` sets it.
 
 Usage (~1 minute at the defaults, one thread)::
 
@@ -38,6 +38,7 @@ HERE = Path(__file__).resolve().parent
 ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
+from iarm_torchrec.allocator import reuse_freed_memory  # noqa: E402
 from iarm_torchrec.kernels import field_attention as fa  # noqa: E402
 from iarm_torchrec.modules import interacting  # noqa: E402
 from iarm_torchrec.provenance import cpu_name, git_commit, versions  # noqa: E402
@@ -106,6 +107,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     args = parser.parse_args(argv)
 
     torch.set_num_threads(args.threads)
+    reuse_freed_memory()  # as iarm train does (unless IARM_MALLOC=default)
     assert fa.load(), "the kernel did not build"
     B, M, H, D = args.batch, args.fields, args.heads, args.head_dim
     torch.manual_seed(0)
