@@ -97,8 +97,9 @@ __attribute__((noinline)) void transpose16(__m512 r[16]) {
 
 #if defined(__AVX512F__)
 // 16 consecutive elements as floats, and back. bf16 -> float32 is exact (a bf16 is the upper half
-// of a float32's bits); float32 -> bf16 rounds to nearest even, NaN to 0x7FC0, as c10::BFloat16
-// does, so that a bf16 result equals the float32 result's `.to(torch.bfloat16)`.
+// of a float32's bits); float32 -> bf16 rounds to nearest even as c10::BFloat16 does (NaN to its
+// 0x7FC0), so that a bf16 result is bit for bit the float32 result's `.to(torch.bfloat16)` (but
+// for a NaN's bits: ATen's vectorised cast writes 0xFFFF).
 inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
 inline __m512 load16(const at::BFloat16* p) {
   const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
