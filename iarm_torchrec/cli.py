@@ -100,7 +100,7 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                         "and take more memory)")
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the dense arches' compute type while scoring: bf16 autocast (CPUs with AVX512-BF16/AMX, "
-                        "GPUs) or fp32 (default); the attention and the embeddings stay float32")
+                        "GPUs) or fp32 (default); the embeddings stay float32 and the attention computes in float32")
 
 
 def _predict(args: argparse.Namespace) -> int:

@@ -3,7 +3,9 @@
 The kernel computes Eq. 7-10 in float32 with samples in SIMD lanes and its own ``exp``; each
 check compares it with :func:`matmul_attention` run in float64 on the same numbers, and bounds
 its error by the error float32 ATen makes on the same input (so the kernel is never less exact
-than the path it replaces), plus a small absolute floor.
+than the path it replaces), plus a small absolute floor. bf16 input (CPU autocast's projections)
+is read directly: its results must be exactly the float32 kernel's on the widened input, rounded
+to bf16.
 """
 
 import logging
@@ -132,8 +134,10 @@ def test_bad_shapes_name_the_dimensions() -> None:
         torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 47), 2, 8)
     with pytest.raises(RuntimeError, match="head_dim must be one of 4, 8, 16, 32, 64, got 3"):
         torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 18), 2, 3)
-    with pytest.raises(RuntimeError, match="float32 CPU tensor"):
+    with pytest.raises(RuntimeError, match="float32 or bfloat16 CPU tensor"):
         torch.ops.iarm.field_attention_forward(torch.randn(2, 3, 48, dtype=torch.float64), 2, 8)
+    with pytest.raises(RuntimeError, match="grad_out is Float, qkv is BFloat16"):
+        torch.ops.iarm.field_attention_backward(torch.randn(2, 3, 16), torch.randn(2, 3, 48).bfloat16(), 2, 8)
 
 
 def test_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
@@ -171,3 +175,100 @@ def test_same_result_for_any_thread_count_and_layout() -> None:
     strided = qkv.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
     assert not strided.is_contiguous()
     assert torch.equal(fa.field_attention(strided, 2, 8), one[0])
+
+
+@pytest.mark.parametrize(
+    "batch, fields, heads, head_dim",
+    [(1, 1, 1, 4), (17, 39, 2, 8), (33, 39, 2, 32), (100, 7, 3, 16), (5, 13, 1, 64), (17, 21, 2, 4), (20, 100, 2, 32)],
+)
+def test_bf16_is_the_float32_kernel_on_the_widened_input_rounded(batch: int, fields: int, heads: int, head_dim: int) -> None:
+    """bf16 -> float32 is exact and the attention is float32 either way, so a bf16 ``qkv`` gives
+    bit for bit the float32 kernel's output and gradient on ``qkv.float()``, each rounded to bf16
+    as ``.to(torch.bfloat16)`` rounds (nearest even); blocks of 16 samples and a partial one, and
+    column counts with and without a remainder of 16 (the vector transposes)."""
+    torch.manual_seed(batch * 1000 + fields)
+    qkv = (torch.randn(batch, fields, 3 * heads * head_dim) / head_dim**0.25).bfloat16()
+    grad = torch.randn(batch, fields, heads * head_dim).bfloat16()
+    out, in_grad = _forward_backward(fa.field_attention, qkv, grad, heads, head_dim)
+    out32, in_grad32 = _forward_backward(fa.field_attention, qkv.float(), grad.float(), heads, head_dim)
+    assert out.dtype == torch.bfloat16 and in_grad.dtype == torch.bfloat16
+    assert torch.equal(out, out32.to(torch.bfloat16))
+    assert torch.equal(in_grad, in_grad32.to(torch.bfloat16))
+
+
+def test_bf16_rounds_ties_to_even() -> None:
+    """Equal scores (q = 0) weigh the 2 fields exactly 1/2 each, so every output, and every
+    value's gradient (half of each field's grad_out), is the exact midpoint of two numbers one
+    bf16 step apart: a tie, which rounds to the neighbour with the even last mantissa bit, down
+    or up."""
+    first = torch.tensor([1.0, 1.0078125, -3.0, 256.0], dtype=torch.bfloat16)  # 1.0078125 = 1 + 2^-7
+    second = torch.tensor([1.0078125, 1.015625, -3.015625, 258.0], dtype=torch.bfloat16)
+    even = torch.tensor([1.0, 1.015625, -3.0, 256.0], dtype=torch.bfloat16)  # down, up, down, down
+    qkv = torch.zeros(1, 2, 3 * 4, dtype=torch.bfloat16)
+    qkv[0, 0, 8:], qkv[0, 1, 8:] = first, second
+    x = qkv.clone().requires_grad_()
+    out = fa.field_attention(x, 1, 4)
+    out.backward(torch.stack([first, second]).unsqueeze(0))
+    assert torch.equal(out[0, 0], even) and torch.equal(out[0, 1], even)
+    assert torch.equal(x.grad[0, 0, 8:], even) and torch.equal(x.grad[0, 1, 8:], even)
+    assert not x.grad[..., :8].any()  # equal keys: the scores' gradients are 0
+
+
+def test_bf16_against_the_aten_reference() -> None:
+    """Values and gradients of the bf16 kernel against float64 ATen on the same bf16 numbers,
+    within bf16's resolution; float64 ``gradcheck`` of the ATen reference is what the float32
+    checks above lean on, and this one ties the bf16 path to the same reference."""
+    torch.manual_seed(7)
+    heads, head_dim = 2, 32
+    qkv = (torch.randn(48, 39, 3 * heads * head_dim) / head_dim**0.25).bfloat16()
+    grad = torch.randn(48, 39, heads * head_dim).bfloat16()
+    out, in_grad = _forward_backward(fa.field_attention, qkv, grad, heads, head_dim)
+    ref_out, ref_grad = _forward_backward(matmul_attention, qkv.double(), grad.double(), heads, head_dim)
+    torch.testing.assert_close(out.double(), ref_out, atol=1e-2, rtol=1e-2)
+    torch.testing.assert_close(in_grad.double(), ref_grad, atol=2e-2, rtol=2e-2)
+    # no worse than ATen's own bf16 attention (bmm + softmax in bf16) on the same input
+    aten_out, aten_grad = _forward_backward(matmul_attention, qkv, grad, heads, head_dim)
+    for mine, aten, ref in ((out, aten_out, ref_out), (in_grad, aten_grad, ref_grad)):
+        assert (mine.double() - ref).abs().max() <= (aten.double() - ref).abs().max()
+
+
+def test_bf16_dispatch_reads_bf16_directly(monkeypatch: pytest.MonkeyPatch) -> None:
+    """``multi_head_attention`` hands bf16 to the kernel as it is (no float32 copy); float16,
+    which the kernel does not read, goes as a float32 copy and returns float32."""
+    calls = []
+
+    def spy(qkv: torch.Tensor, heads: int, head_dim: int) -> torch.Tensor:
+        calls.append(qkv.dtype)
+        return fa.field_attention(qkv, heads, head_dim)
+
+    monkeypatch.setattr(interacting, "field_attention", spy)
+    x = torch.randn(4, 6, 3 * 2 * 8)
+    assert multi_head_attention(x.bfloat16(), 2, 8).dtype == torch.bfloat16
+    assert multi_head_attention(x.half(), 2, 8).dtype == torch.float32
+    assert calls == [torch.bfloat16, torch.float32]
+
+
+def test_bf16_autocast_layer_matches_float32_within_bf16(monkeypatch: pytest.MonkeyPatch) -> None:
+    """An interacting layer under CPU bf16 autocast: the projections give the kernel bf16, the
+    attention output stays bf16 into the residual GEMM; values and the weights' float32
+    gradients stay within bf16's resolution of the float32 layer's, and the ATen path under
+    the same autocast gives the same within the same tolerance."""
+    torch.manual_seed(3)
+    layer = InteractingLayer(in_dim=16, num_heads=2, head_dim=8)
+    fields = torch.randn(64, 39, 16)
+
+    def run(autocast: bool) -> Tuple[torch.Tensor, torch.Tensor]:
+        layer.zero_grad()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(fields)
+        out.float().square().sum().backward()
+        return out.detach().float(), layer.qkv.weight.grad.clone()
+
+    out32, grad32 = run(False)
+    out_kernel, grad_kernel = run(True)
+    monkeypatch.setenv(fa.BACKEND_ENV, "aten")
+    out_aten, grad_aten = run(True)
+    assert layer.qkv.weight.grad.dtype == torch.float32
+    for out, grad in ((out_kernel, grad_kernel), (out_aten, grad_aten)):
+        torch.testing.assert_close(out, out32, atol=0.05, rtol=0.02)
+        torch.testing.assert_close(grad, grad32, atol=0.5, rtol=0.05)

@@ -6,6 +6,10 @@
 // vectors, goes through the plain per-sample algorithm with every float replaced by a LANES-wide
 // vector (full-width FMAs, no shuffles, no horizontal reductions), and is transposed back.
 //
+// qkv is float32 or bf16 (bf16 autocast's projections). bf16 is widened to float32 while it is
+// transposed in and the results are rounded back while they are transposed out, so the attention
+// is float32 either way and no float32 copy of a bf16 qkv, output or gradient is made.
+//
 // Registered as torch.ops.iarm.field_attention_forward / field_attention_backward; the autograd
 // wiring and the build live in iarm_torchrec/kernels/field_attention.py.
 #include <ATen/ATen.h>
@@ -61,8 +65,10 @@ inline vf exp_nonpositive(vf x) {
 }
 
 #if defined(__AVX512F__)
-// In-register transpose of 16 rows of 16 floats.
-inline void transpose16(__m512 r[16]) {
+// In-register transpose of 16 rows of 16 floats. Not inlined: that is how GCC compiled it when
+// gather and scatter read float32 only; inlined into the four gathers and scatters of float32 and
+// bf16, it measured 0.98x the float32 forward and backward.
+__attribute__((noinline)) void transpose16(__m512 r[16]) {
   __m512 t[16];
   for (int i = 0; i < 16; i += 2) {
     t[i] = _mm512_unpacklo_ps(r[i], r[i + 1]);
@@ -89,44 +95,73 @@ inline void transpose16(__m512 r[16]) {
 }
 #endif
 
-// Lane-major copy of LANES samples' first n floats (samples `sample` floats apart):
-// dst[e][l] = src[l * sample + e]; lanes past `valid` are 0. The 16 samples are 16 streams from
-// memory (qkv is ~30 MB at B = 1024); prefetching each 8 lines ahead measured ~1.1x the forward
-// and the backward (4 or 16 lines ahead: less), so the hardware prefetcher alone lags behind them.
-void gather(const float* src, int64_t sample, int64_t n, int valid, vf* dst) {
+#if defined(__AVX512F__)
+// 16 consecutive elements as floats, and back. bf16 -> float32 is exact (a bf16 is the upper half
+// of a float32's bits); float32 -> bf16 rounds to nearest even as c10::BFloat16 does (NaN to its
+// 0x7FC0), so that a bf16 result is bit for bit the float32 result's `.to(torch.bfloat16)` (but
+// for a NaN's bits: ATen's vectorised cast writes 0xFFFF).
+inline __m512 load16(const float* p) { return _mm512_loadu_ps(p); }
+inline __m512 load16(const at::BFloat16* p) {
+  const __m512i wide = _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p)));
+  return _mm512_castsi512_ps(_mm512_slli_epi32(wide, 16));
+}
+inline void store16(float* p, __m512 x) { _mm512_storeu_ps(p, x); }
+inline void store16(at::BFloat16* p, __m512 x) {
+  const __m512i u = _mm512_castps_si512(x);
+  const __m512i lsb = _mm512_and_si512(_mm512_srli_epi32(u, 16), _mm512_set1_epi32(1));
+  __m512i r = _mm512_srli_epi32(_mm512_add_epi32(u, _mm512_add_epi32(lsb, _mm512_set1_epi32(0x7FFF))), 16);
+  r = _mm512_mask_blend_epi32(_mm512_cmp_ps_mask(x, x, _CMP_UNORD_Q), r, _mm512_set1_epi32(0x7FC0));
+  _mm256_storeu_si256(reinterpret_cast<__m256i*>(p), _mm512_cvtepi32_epi16(r));
+}
+#endif
+
+// Prefetch distance of gather and scatter in elements of T: 8 cache lines (see gather).
+template <typename T>
+constexpr int64_t AHEAD = 8 * 64 / sizeof(T);
+
+// Lane-major copy of LANES samples' first n elements (samples `sample` elements apart), as floats:
+// dst[e][l] = src[l * sample + e]; lanes past `valid` are 0. T is float or at::BFloat16: bf16 input
+// is widened here, while it is gathered, so that no float32 copy of it is ever made. The 16 samples
+// are 16 streams from memory (qkv is ~30 MB at B = 1024 in float32); prefetching each 8 lines ahead
+// measured ~1.1x the forward and the backward (4 or 16 lines ahead: less), so the hardware
+// prefetcher alone lags behind them.
+template <typename T>
+void gather(const T* src, int64_t sample, int64_t n, int valid, vf* dst) {
   int64_t e = 0;
 #if defined(__AVX512F__)
   for (; e + LANES <= n; e += LANES) {
     __m512 r[16];
-    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + e + 8 * LANES), _MM_HINT_T0);
-    for (int l = 0; l < LANES; ++l) r[l] = l < valid ? _mm512_loadu_ps(src + l * sample + e) : _mm512_setzero_ps();
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + e + AHEAD<T>), _MM_HINT_T0);
+    for (int l = 0; l < LANES; ++l) r[l] = l < valid ? load16(src + l * sample + e) : _mm512_setzero_ps();
     transpose16(r);
     for (int c = 0; c < LANES; ++c) std::memcpy(&dst[e + c], &r[c], sizeof(vf));
   }
 #endif
   for (; e < n; ++e) {
     vf x = vf{};
-    for (int l = 0; l < valid; ++l) x[l] = src[l * sample + e];
+    for (int l = 0; l < valid; ++l) x[l] = static_cast<float>(src[l * sample + e]);
     dst[e] = x;
   }
 }
 
-// The inverse of gather for the first `valid` lanes, prefetching what it writes likewise (the
-// backward's gain is mostly here: its ~30 MB of gradient is read for ownership before a write).
-void scatter(const vf* src, int64_t n, int valid, float* dst, int64_t sample) {
+// The inverse of gather for the first `valid` lanes, rounding to T (nearest even for bf16),
+// prefetching what it writes likewise (the backward's gain is mostly here: its ~30 MB of gradient
+// is read for ownership before a write).
+template <typename T>
+void scatter(const vf* src, int64_t n, int valid, T* dst, int64_t sample) {
   int64_t e = 0;
 #if defined(__AVX512F__)
   for (; e + LANES <= n; e += LANES) {
     __m512 r[16];
     for (int c = 0; c < LANES; ++c) std::memcpy(&r[c], &src[e + c], sizeof(vf));
     transpose16(r);
-    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(dst + l * sample + e + 8 * LANES), _MM_HINT_T0);
-    for (int l = 0; l < valid; ++l) _mm512_storeu_ps(dst + l * sample + e, r[l]);
+    for (int l = 0; l < valid; ++l) _mm_prefetch(reinterpret_cast<const char*>(dst + l * sample + e + AHEAD<T>), _MM_HINT_T0);
+    for (int l = 0; l < valid; ++l) store16(dst + l * sample + e, r[l]);
   }
 #endif
   for (; e < n; ++e) {
     const vf x = src[e];
-    for (int l = 0; l < valid; ++l) dst[l * sample + e] = x[l];
+    for (int l = 0; l < valid; ++l) dst[l * sample + e] = static_cast<T>(x[l]);
   }
 }
 
@@ -253,9 +288,10 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
 }
 
 // Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide.
-// The lane-major buffers have Mp rows (gather writes the first M).
-template <int D>
-void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
+// The lane-major buffers have Mp rows (gather writes the first M). T, the type of x and out, is
+// float or at::BFloat16; the attention itself is float32 either way.
+template <int D, typename T>
+void forward_all(const T* x, int64_t B, int64_t M, int64_t H, T* out) {
   const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(Mp * C), ob(Mp * O), a(ROWS * Mp);
@@ -271,8 +307,8 @@ void forward_all(const float* x, int64_t B, int64_t M, int64_t H, float* out) {
   });
 }
 
-template <int D>
-void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64_t H, float* grad) {
+template <int D, typename T>
+void backward_all(const T* x, const T* gout, int64_t B, int64_t M, int64_t H, T* grad) {
   const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
     std::vector<vf> xb(Mp * C), gb(Mp * O), db(Mp * C), a(Mp * Mp), ds(Mp * Mp);
@@ -300,23 +336,42 @@ void backward_all(const float* x, const float* gout, int64_t B, int64_t M, int64
     default: TORCH_CHECK(false, "field attention: head_dim must be one of 4, 8, 16, 32, 64, got ", d); \
   }
 
+bool is_float_or_bf16(const at::Tensor& t) { return t.scalar_type() == at::kFloat || t.scalar_type() == at::kBFloat16; }
+
 void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
-  TORCH_CHECK(qkv.device().is_cpu() && qkv.scalar_type() == at::kFloat && qkv.dim() == 3,
-              "field attention: qkv must be a float32 CPU tensor B x M x 3Hd, got ", qkv.scalar_type(), " ", qkv.sizes());
+  TORCH_CHECK(qkv.device().is_cpu() && is_float_or_bf16(qkv) && qkv.dim() == 3,
+              "field attention: qkv must be a float32 or bfloat16 CPU tensor B x M x 3Hd, got ", qkv.scalar_type(), " ",
+              qkv.sizes());
   TORCH_CHECK(heads > 0 && qkv.size(2) == 3 * heads * head_dim, "field attention: qkv's last dimension ", qkv.size(2),
               " is not 3 * heads (", heads, ") * head_dim (", head_dim, ")");
 }
 
-// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd.
+template <typename T>
+void forward_typed(const at::Tensor& qkv, int64_t heads, int64_t head_dim, at::Tensor& out) {
+  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<T>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<T>());
+}
+
+template <typename T>
+void backward_typed(const at::Tensor& gout, const at::Tensor& qkv, int64_t heads, int64_t head_dim, at::Tensor& grad) {
+  DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<T>(), gout.data_ptr<T>(), qkv.size(0), qkv.size(1), heads,
+                    grad.data_ptr<T>());
+}
+
+// qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd of qkv's dtype. A bf16
+// output is the float32 result rounded (what autocast's next GEMM would round it to anyway):
+// measured in a bf16 training step against a float32 output, it saves the casts both ways.
 at::Tensor field_attention_forward(const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
   check_qkv(qkv_in, heads, head_dim);
   const at::Tensor qkv = qkv_in.contiguous();
   at::Tensor out = at::empty({qkv.size(0), qkv.size(1), heads * head_dim}, qkv.options());
-  DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<float>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<float>());
+  if (qkv.scalar_type() == at::kBFloat16)
+    forward_typed<at::BFloat16>(qkv, heads, head_dim, out);
+  else
+    forward_typed<float>(qkv, heads, head_dim, out);
   return out;
 }
 
-// d(loss)/d(qkv) from d(loss)/d(out).
+// d(loss)/d(qkv) from d(loss)/d(out), both of qkv's dtype (bf16: the float32 gradient rounded).
 at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor& qkv_in, int64_t heads, int64_t head_dim) {
   check_qkv(qkv_in, heads, head_dim);
   const at::Tensor qkv = qkv_in.contiguous();
@@ -324,9 +379,13 @@ at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor
   const int64_t B = qkv.size(0), M = qkv.size(1);
   TORCH_CHECK(gout.sizes() == at::IntArrayRef({B, M, heads * head_dim}), "field attention: grad_out is ", gout.sizes(),
               ", expected ", at::IntArrayRef({B, M, heads * head_dim}));
+  TORCH_CHECK(gout.scalar_type() == qkv.scalar_type(), "field attention: grad_out is ", gout.scalar_type(),
+              ", qkv is ", qkv.scalar_type());
   at::Tensor grad = at::empty_like(qkv);
-  DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<float>(), gout.data_ptr<float>(), B, M, heads,
-                    grad.data_ptr<float>());
+  if (qkv.scalar_type() == at::kBFloat16)
+    backward_typed<at::BFloat16>(gout, qkv, heads, head_dim, grad);
+  else
+    backward_typed<float>(gout, qkv, heads, head_dim, grad);
   return grad;
 }
 

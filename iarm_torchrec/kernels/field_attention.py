@@ -119,18 +119,19 @@ def kernel_enabled() -> bool:
 
 
 def kernel_applies(qkv: torch.Tensor, head_dim: int) -> bool:
-    """Whether :func:`field_attention` serves this input: float32 on CPU, a supported head size,
-    and :func:`kernel_enabled`."""
+    """Whether :func:`field_attention` serves this input: float32 or bfloat16 on CPU, a supported
+    head size, and :func:`kernel_enabled`. (float16 is not read directly: callers convert it.)"""
     return (
         qkv.device.type == "cpu"
-        and qkv.dtype == torch.float32
+        and qkv.dtype in (torch.float32, torch.bfloat16)
         and head_dim in SUPPORTED_HEAD_DIMS
         and kernel_enabled()
     )
 
 
 class _FieldAttention(torch.autograd.Function):
-    """Autograd for the kernel: the backward recomputes the attention probabilities from ``qkv``."""
+    """Autograd for the kernel: the backward recomputes the attention probabilities from ``qkv``
+    (saved as it came, so a bf16 ``qkv`` is kept in bf16) and returns the gradient in its dtype."""
 
     @staticmethod
     def forward(ctx: Any, qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Tensor:
@@ -151,5 +152,10 @@ def field_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.T
     """Eq. 7-10 by the compiled kernel: ``B x M x 3 H d'`` fused projections (columns
     ``[q_1..q_H, k_1..k_H, v_1..v_H]``) -> ``B x M x H d'``, the heads' ``sum_k alpha_{m,k} v_k``
     side by side, with ``alpha = softmax_k <q_m, k_k>`` (plain inner product, no scale).
-    Call only where :func:`kernel_applies` is True."""
+
+    ``qkv`` is float32 or bfloat16; the output and ``qkv``'s gradient have its dtype. The kernel
+    attends in float32 either way: bf16 is widened exactly as it is read, and the bf16 output and
+    gradient are the float32 ones rounded to nearest even (``.to(torch.bfloat16)``), so no float32
+    copy of a bf16 ``qkv`` or of its gradient is made. Call only where :func:`kernel_applies` is
+    True."""
     return _FieldAttention.apply(qkv, num_heads, head_dim)

@@ -34,9 +34,10 @@ class CTRTrain(nn.Module):
         model: a CTR model returning ``B`` logits.
         precision: ``fp32`` (the default: everything in float32), or ``bf16`` / ``fp16``: the
             model's forward runs under ``torch.autocast`` in that type (the dense arches'
-            matrix products; embedding lookups, FBGEMM's kernels and the CPU attention kernel
-            stay float32), while the parameters (master weights), the logits and the loss stay
-            float32. ``fp16`` is for CUDA only (CPU autocast has no float16 benefit).
+            matrix products; embedding lookups and FBGEMM's kernels stay float32, and the CPU
+            attention kernel takes and returns bf16 but attends in float32), while the
+            parameters (master weights), the logits and the loss stay float32. ``fp16`` is for
+            CUDA only (CPU autocast has no float16 benefit).
         device_type: where the model will run (``cpu`` or ``cuda``), for ``torch.autocast``;
             given up front because TorchRec's pipeline traces ``forward`` with ``torch.fx``,
             where the batch's device is not known. Default: ``cuda`` when available.

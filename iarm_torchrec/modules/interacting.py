@@ -63,8 +63,9 @@ def plain_aten_attention() -> Iterator[None]:
 def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropout: float = 0.0) -> torch.Tensor:
     """Eq. 7-10 on the fused projections, ``B x M x 3 H d'`` -> ``B x M x H d'``, by the fastest
     exact path for the input: SDPA's fused kernels on CUDA; on CPU the compiled field-attention
-    kernel (:mod:`iarm_torchrec.kernels.field_attention`: float32, ``d'`` in 4, 8, 16, 32, 64;
-    bfloat16/float16 input from autocast is attended in float32 there),
+    kernel (:mod:`iarm_torchrec.kernels.field_attention`: float32 or bfloat16, ``d'`` in 4, 8,
+    16, 32, 64, attending in float32 and returning the input's dtype; float16 is converted to
+    float32 first and returns float32),
     else :func:`matmul_attention`, which also takes attention ``dropout`` (callers pass it in
     training only). A leaf for ``torch.fx`` (the dispatch is not traced), so
     ``TrainPipelineSparseDist`` can trace the model.
@@ -80,11 +81,13 @@ def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropo
     if qkv.is_cuda:
         return sdpa_attention(qkv, num_heads, head_dim)
     if kernel_applies(qkv, head_dim):
+        # float32, or bf16 from CPU autocast's projections: the kernel reads bf16 as it is and
+        # attends in float32 (full-width float32 FMAs beat bf16 bmm over M = 39, d' <= 64)
         return field_attention(qkv, num_heads, head_dim)
-    if qkv.dtype in (torch.bfloat16, torch.float16) and kernel_applies(qkv.float(), head_dim):
-        # bf16 autocast on CPU: the projections ran in bf16; the attention itself stays float32
-        # in the kernel (full-width float32 FMAs beat bf16 bmm over M = 39, d' <= 64)
-        return field_attention(qkv.float(), num_heads, head_dim)
+    if qkv.dtype == torch.float16:
+        as_float = qkv.float()  # the kernel does not read float16 itself (no CPU autocast makes it)
+        if kernel_applies(as_float, head_dim):
+            return field_attention(as_float, num_heads, head_dim)
     return matmul_attention(qkv, num_heads, head_dim)
 
 
