@@ -11,7 +11,8 @@ Runners (each its own process, interleaved, the machine's limit measured between
   against which ``iarm_rwadagrad`` shows what reusing freed memory gives (``iarm_torchrec/allocator.py``);
 * ``fuxictr_autoint``: FuxiCTR's AutoInt at the same attention size (2 heads x 32, its
   ``attention_dim`` 64; ``benchmarks/_peers.py``);
-* ``iarm_rwadagrad_x2``: IARM as 2 gloo ranks x 1 thread (``make run``'s layout) against 1 x 2;
+* ``iarm_rwadagrad_x2``: IARM as 2 gloo ranks x 1 thread (``make run``'s layout) against 1 x 2
+  (``--rank-runners``: which runners also run so, e.g. ``iarm_rwadagrad_bf16_x2``);
 * ``iarm predict`` of the same model (``--predict``).
 
 FLOPs per training sample (:func:`iarm_train_flops`) are counted as multiply-adds x 2 over the
@@ -84,6 +85,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--max-steps", type=int, default=0, help="0: the whole epoch")
     p.add_argument("--runners", default=",".join(RUNNERS))
     p.add_argument("--ranks", default="2", help="also IARM as this many ranks x threads/ranks (empty: no)")
+    p.add_argument("--rank-runners", default="iarm_rwadagrad", help="the runners that --ranks also runs")
     p.add_argument("--predict", action="store_true")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--out", default=str(HERE / "results"))
@@ -117,7 +119,7 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     for seed in [int(s) for s in args.seeds.split(",")]:
         measure_limit()
-        plan = [(r, 1) for r in runners] + [("iarm_rwadagrad", n) for n in ranks if n > 1]
+        plan = [(r, 1) for r in runners] + [(r, n) for n in ranks if n > 1 for r in args.rank_runners.split(",") if r]
         for i, (runner, n) in enumerate(plan):
             job = train_bench.job_for(targs, runner, data_dir, args.batch_size, seed, steps)
             if n > 1:

@@ -157,6 +157,8 @@ def _variants(models: Sequence[str]) -> List[Variant]:
         Variant("IARM+ (deep tower)", "iarm", {"deep_layer_sizes": TOWER}),
         Variant("IARM + products + deep", "iarm", {"product": "inner", "product_layer_sizes": TOWER, "deep_layer_sizes": TOWER}),
         Variant("IARM, layer norm", "iarm", {"attention_layer_norm": True}),
+        Variant("IARM + cross", "iarm", {"num_cross_layers": 1}),
+        Variant("IARM+ + cross (deep tower and cross)", "iarm", {"deep_layer_sizes": TOWER, "num_cross_layers": 1}),
         *[Variant(MODEL_LABELS.get(m, m), m) for m in models if m != "iarm"],
     ]
 
