@@ -23,11 +23,13 @@ A full disk says ``disk full while writing PATH``.
 
 import argparse
 import errno
+import gc
 import os
 import sys
 import traceback
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Callable, Dict, List, Optional
+from typing import Callable, Dict, Iterator, List, Optional
 
 
 @dataclass(frozen=True)
@@ -103,8 +105,29 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
                         "GPUs) or fp32 (default); the embeddings stay float32 and the attention computes in float32")
 
 
+@contextmanager
+def frozen_imports() -> Iterator[None]:
+    """Import modules with Python's cyclic garbage collector paused, then freeze every object that
+    exists (``gc.freeze``), so that the collector's later passes skip them.
+
+    Importing torch, torchrec (which pulls torch._dynamo, tensordict and sympy) and FBGEMM creates
+    millions of long-lived objects, and every full pass of the collector walked all of them: five
+    passes while importing and one more while encoding took ~0.5 s of a 3.2 s ``iarm predict`` of
+    10 rows (docs/performance.md). :func:`main` gives the objects back to the collector when it was
+    called in-process."""
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
+
+
 def _predict(args: argparse.Namespace) -> int:
-    from iarm_torchrec.inference.predict import predict
+    with frozen_imports():
+        from iarm_torchrec.inference.predict import predict
 
     scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size,
                      precision=args.precision)
@@ -214,21 +237,32 @@ REUSE_FREED_MEMORY = ("train", "predict", "tune", "experiment")
 
 
 def main(argv: Optional[List[str]] = None) -> int:
+    """Run the ``iarm`` command of ``argv`` (default: the process's own arguments); returns its
+    exit status."""
+    in_process = argv is not None
     argv = sys.argv[1:] if argv is None else argv
     chosen = next((a for a in argv if not a.startswith("-")), "")
     args = build_parser(only=chosen).parse_args(argv)
     debug = args.debug or os.environ.get("IARM_DEBUG", "") not in ("", "0")
-    if args.command in REUSE_FREED_MEMORY:
-        from iarm_torchrec.allocator import reuse_freed_memory
-
-        reuse_freed_memory()
+    frozen_before = gc.get_freeze_count()
     try:
+        if args.command in REUSE_FREED_MEMORY:
+            with frozen_imports():  # the allocator's module imports torch
+                from iarm_torchrec.allocator import reuse_freed_memory
+
+            reuse_freed_memory()
         return args.handler(args)
     except Exception as error:  # KeyboardInterrupt and SystemExit pass
         if debug:
             traceback.print_exc()
         print(f"iarm {args.command}: error: {error_line(error)}", file=sys.stderr, flush=True)
         return 1
+    finally:
+        if in_process and not frozen_before:
+            # a caller in the same process (tests, a notebook) gets its objects back under the
+            # collector, so that what becomes garbage later is freed; a program run keeps them
+            # frozen to its end (the exit's own collection then skips them too)
+            gc.unfreeze()
 
 
 def error_line(error: BaseException) -> str:
