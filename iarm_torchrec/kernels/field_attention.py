@@ -71,11 +71,12 @@ def load() -> bool:
 
 def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
-    # the source's and the environment's hash in the name: checkouts, versions and virtual
-    # environments on one machine share TORCH_EXTENSIONS_DIR, and under one name each would rebuild
-    # over the other's build (torch's include paths differ by environment), blocking the other's
-    # processes on the build lock meanwhile
-    digest = hashlib.sha1(SOURCE.read_bytes() + sys.prefix.encode() + torch.__version__.encode()).hexdigest()[:10]
+    # the source's contents and path and the environment in the name: checkouts, versions and
+    # virtual environments on one machine share TORCH_EXTENSIONS_DIR, and under one name each would
+    # rebuild over the other's build (ninja rebuilds when the source's path or torch's include paths
+    # differ), blocking the other's processes on the build lock meanwhile
+    key = SOURCE.read_bytes() + str(SOURCE.resolve()).encode() + sys.prefix.encode() + torch.__version__.encode()
+    digest = hashlib.sha1(key).hexdigest()[:10]
     name = f"iarm_field_attention_{capability.lower()}_{digest}"
     try:
         from torch.utils.cpp_extension import load as load_extension
