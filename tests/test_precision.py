@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from iarm_torchrec.kernels.field_attention import kernel_enabled
-from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models import ctr_train
+from iarm_torchrec.models.ctr_train import CTRTrain, resolve_precision
 from iarm_torchrec.modules.interacting import matmul_attention, multi_head_attention
 from iarm_torchrec.train.settings import TrainSettings
 
@@ -21,6 +22,24 @@ def test_setting_and_flag() -> None:
     assert TrainSettings.from_args(["--precision", "bf16"]).precision == "bf16"
     with pytest.raises(ValueError, match="precision"):
         TrainSettings(precision="fp8")
+
+
+def test_auto_is_bf16_only_where_the_hardware_computes_it(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    assert TrainSettings.from_args(["--precision", "auto"]).precision == "auto"
+    cpuinfo = tmp_path / "cpuinfo"
+    monkeypatch.setattr(ctr_train, "CPUINFO", cpuinfo)
+    cpuinfo.write_text("flags\t\t: fpu avx512f avx512bw avx512_vnni\n")  # AVX-512 alone emulates bf16
+    assert resolve_precision("auto", "cpu") == "fp32"
+    for flag in ("avx512_bf16", "amx_bf16"):
+        cpuinfo.write_text(f"flags\t\t: fpu avx512f {flag} avx512_vnni\n")
+        assert resolve_precision("auto", "cpu") == "bf16"
+    cpuinfo.unlink()  # no /proc (not Linux)
+    assert resolve_precision("auto", "cpu") == "fp32"
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    for supported, expected in ((True, "bf16"), (False, "fp32")):
+        monkeypatch.setattr(torch.cuda, "is_bf16_supported", lambda: supported)
+        assert resolve_precision("auto", "cuda") == expected
+    assert [resolve_precision(p, "cpu") for p in ("fp32", "bf16")] == ["fp32", "bf16"]  # a choice stays
 
 
 def test_fp16_refused_on_cpu() -> None:

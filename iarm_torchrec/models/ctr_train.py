@@ -1,5 +1,7 @@
 """The training wrapper shared by every CTR model: log loss (paper Eq. 13)."""
 
+import re
+from pathlib import Path
 from typing import Optional, Tuple
 
 import torch
@@ -10,6 +12,34 @@ from torchrec.datasets.utils import Batch
 PRECISIONS = ("fp32", "bf16", "fp16")
 """The dense arches' compute precisions (:class:`CTRTrain`'s ``precision``)."""
 AUTOCAST_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+CPUINFO = Path("/proc/cpuinfo")
+
+
+def native_bf16(device_type: str) -> bool:
+    """Whether ``device_type`` computes bfloat16 natively: a CUDA GPU that supports it, or a CPU
+    with AVX512-BF16 or AMX (the ``avx512_bf16`` / ``amx_bf16`` flags of Linux's ``/proc/cpuinfo``;
+    elsewhere False). Without them CPU autocast emulates bf16 and runs slower than fp32."""
+    if device_type == "cuda":
+        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
+    try:
+        cpuinfo = CPUINFO.read_text()
+    except OSError:
+        return False
+    return re.search(r"\b(avx512_bf16|amx_bf16)\b", cpuinfo) is not None
+
+
+def resolve_precision(precision: str, device_type: str) -> str:
+    """``precision`` as :class:`CTRTrain` takes it: ``auto`` becomes ``bf16`` where
+    :func:`native_bf16` holds and ``fp32`` elsewhere; the others stay as they are.
+
+    Example::
+
+        >>> resolve_precision("fp32", "cpu")
+        'fp32'
+    """
+    if precision != "auto":
+        return precision
+    return "bf16" if native_bf16(device_type) else "fp32"
 
 
 def check_precision(precision: str, device: str = "") -> None:

@@ -34,7 +34,7 @@ from iarm_torchrec.data.spec import SPEC_FILE, FeatureSpec
 from iarm_torchrec.files import atomic_write_bytes, atomic_write_json, strict_json
 from iarm_torchrec.locks import acquire, release
 from iarm_torchrec.models.config import ModelConfig
-from iarm_torchrec.models.ctr_train import CTRTrain
+from iarm_torchrec.models.ctr_train import CTRTrain, resolve_precision
 from iarm_torchrec.models.field_model import FieldModel
 from iarm_torchrec.models.registry import make_config, model_config_dict
 from iarm_torchrec.train.checkpoint import CheckpointManager
@@ -163,7 +163,10 @@ def sharded_model(model_config: ModelConfig, spec: FeatureSpec, settings: TrainS
     bare = model_config.build(torch.device("meta"))
     if isinstance(bare, FieldModel):
         bare.start_at_click_rate(spec.click_rate("train"))
-    model = CTRTrain(bare, settings.precision, env.device.type)
+    precision = resolve_precision(settings.precision, env.device.type)
+    if settings.precision == "auto":
+        logger.info("precision auto: %s (%s bf16 on %s)", precision, "native" if precision == "bf16" else "no native", env.device.type)
+    model = CTRTrain(bare, precision, env.device.type)
     tables = table_configs(model)
     sharded = shard_model(model, env, settings.optimizer_settings(), settings.embedding_precision)
     init_tables(sharded.model, tables, settings.seed)

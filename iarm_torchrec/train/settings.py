@@ -38,6 +38,7 @@ from typing import Any, Dict, List, Optional, Sequence
 from iarm_torchrec.data.numeric import TRANSFORMS as NUMERIC_TRANSFORMS
 from iarm_torchrec.data.preprocess import DATASETS as RAW_DATASETS
 from iarm_torchrec.files import PathLike, atomic_write_json
+from iarm_torchrec.models.ctr_train import PRECISIONS as TRAIN_PRECISIONS
 from iarm_torchrec.models.registry import MODEL_NAMES, check_model_settings, config_class, describe_settings
 from iarm_torchrec.modules.checks import check_choice
 from iarm_torchrec.train.sharding import TABLE_DATA_TYPES, OptimizerSettings
@@ -47,8 +48,9 @@ DATASETS = ("synthetic", *RAW_DATASETS)
 DENSE_OPTIMIZERS = ("adam", "adagrad", "sgd")
 SPARSE_OPTIMIZERS = ("adam", "rowwise_adagrad", "adagrad", "sgd")
 DEVICES = ("auto", "cpu", "cuda")
-PRECISIONS = ("fp32", "bf16", "fp16")
-"""``--precision``: the dense arches' compute type (:mod:`iarm_torchrec.models.ctr_train`)."""
+PRECISIONS = (*TRAIN_PRECISIONS, "auto")
+"""``--precision``: the dense arches' compute type (:mod:`iarm_torchrec.models.ctr_train`), or
+``auto``: bf16 where the hardware computes it natively, else fp32 (:func:`resolve_precision`)."""
 EMBEDDING_PRECISIONS = tuple(TABLE_DATA_TYPES)
 """``--embedding-precision``: how FBGEMM stores the tables (:func:`~iarm_torchrec.train.sharding.set_table_precision`)."""
 MONITORS = ("auc", "logloss")
@@ -119,8 +121,10 @@ class TrainSettings:
         max_steps_per_epoch: cut each epoch short after this many steps (0: whole epoch);
             for smoke runs and benchmarks.
         precision: the dense arches' compute type: ``fp32`` (default), ``bf16`` (autocast;
-            CPUs with AVX512-BF16/AMX and GPUs) or ``fp16`` (autocast, CUDA only); parameters,
-            logits and loss stay float32 (:class:`~iarm_torchrec.models.ctr_train.CTRTrain`).
+            CPUs with AVX512-BF16/AMX and GPUs), ``fp16`` (autocast, CUDA only) or ``auto``
+            (bf16 where the device computes it natively, else fp32:
+            :func:`~iarm_torchrec.models.ctr_train.resolve_precision`); parameters, logits and
+            loss stay float32 (:class:`~iarm_torchrec.models.ctr_train.CTRTrain`).
         embedding_precision: how FBGEMM stores the tables: ``fp32`` (default) or ``fp16`` (half
             the bytes; pooled embeddings, optimizer state and exports stay float32); ``fp16``
             needs a fused sparse optimizer (not ``adam`` on CPU). See
@@ -408,7 +412,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--device", choices=DEVICES, help=f"(default {d.device})")
     g.add_argument("--max-steps-per-epoch", type=int, help="cut epochs short (smoke runs; default: whole epochs)")
     g.add_argument("--precision", choices=PRECISIONS, help="dense arches' compute type: fp32 (default), bf16 autocast "
-                   "(CPUs with AVX512-BF16/AMX, GPUs) or fp16 autocast (CUDA only); weights, logits and loss stay fp32")
+                   "(CPUs with AVX512-BF16/AMX, GPUs), fp16 autocast (CUDA only) or auto (bf16 where the CPU or GPU "
+                   "computes it natively, else fp32); weights, logits and loss stay fp32")
     g.add_argument("--embedding-precision", help="how FBGEMM stores the tables: fp32 (default) or fp16 (half the bytes; "
                    "pooled embeddings and exports stay fp32; needs a fused --sparse-optimizer, not adam on CPU)")
 
