@@ -12,7 +12,9 @@ import statistics
 import sys
 import time
 from dataclasses import dataclass, field
-from typing import Any, Dict, List, Optional
+import json
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
 
 import numpy as np
 import torch
@@ -141,3 +143,13 @@ def gemm_rates(size: int = 2048, seconds: float = 1.5) -> Dict[str, Any]:
         out[f"{name}_gflops"] = max(rates)
         out[f"{name}_gflops_median"] = statistics.median(rates)
     return out
+
+
+def write_report(out: Path, report: Dict[str, Any], markdown: Callable[[Dict[str, Any]], str]) -> None:
+    """``report`` as ``out.json`` and, rendered by ``markdown``, as ``out.md`` (printed too); the
+    run's commit, CPU and torch version are added to it first."""
+    report.update(commit=git_commit(), cpu=cpu_name(), versions=versions(("torch",)))
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
+    out.with_suffix(".md").write_text(markdown(report))
+    print(markdown(report))

@@ -20,7 +20,6 @@ Results: ``benchmarks/results/attention_kernel.json`` and ``.md``.
 
 import argparse
 import hashlib
-import json
 import statistics
 import subprocess
 import sys
@@ -36,7 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from iarm_torchrec.kernels import field_attention as fa  # noqa: E402
-from iarm_torchrec.provenance import cpu_name, git_commit, versions  # noqa: E402
+from _common import write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 SOURCE_PATH = "iarm_torchrec/kernels/field_attention.cpp"
@@ -133,18 +132,12 @@ def main(argv: Optional[List[str]] = None) -> int:
 
     report = {
         "settings": vars(args) | {"out": str(args.out)},
-        "commit": git_commit(),
         "baseline_commit": subprocess.run(["git", "rev-parse", args.baseline_rev], cwd=ROOT, capture_output=True, text=True).stdout.strip(),
-        "cpu": cpu_name(),
-        "versions": versions(("torch",)),
         "differences": differences,
         "summary": summary,
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, report, markdown)
     return 0
 
 

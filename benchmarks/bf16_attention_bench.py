@@ -25,7 +25,6 @@ Results: ``benchmarks/results/bf16_attention.json`` and ``.md``.
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import time
@@ -41,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from iarm_torchrec.allocator import reuse_freed_memory  # noqa: E402
 from iarm_torchrec.kernels import field_attention as fa  # noqa: E402
 from iarm_torchrec.modules import interacting  # noqa: E402
-from iarm_torchrec.provenance import cpu_name, git_commit, versions  # noqa: E402
+from _common import write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 ROUTES = ("copy", "direct")
@@ -136,16 +135,10 @@ def main(argv: Optional[List[str]] = None) -> int:
         summary[m] = entry
     report = {
         "settings": vars(args) | {"out": str(args.out)},
-        "commit": git_commit(),
-        "cpu": cpu_name(),
-        "versions": versions(("torch",)),
         "summary": summary,
         "rounds": rounds,
     }
-    args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
-    args.out.with_suffix(".md").write_text(markdown(report))
-    print(markdown(report))
+    write_report(args.out, report, markdown)
     return 0
 
 
