@@ -153,3 +153,19 @@ def write_report(out: Path, report: Dict[str, Any], markdown: Callable[[Dict[str
     out.with_suffix(".json").write_text(json.dumps(report, indent=1) + "\n")
     out.with_suffix(".md").write_text(markdown(report))
     print(markdown(report))
+
+
+def alternation_summary(rounds: List[Dict[str, Dict[str, Dict[str, float]]]], measures: List[str], before: str,
+                        after: str) -> Dict[str, Dict[str, float]]:
+    """Medians of alternating A/B rounds (``round[route][measure][clock]``, clocks ``cpu_ms`` and
+    ``wall_ms``): per measure, each route's median ``{route}_{clock}`` and ``speedup_{cpu|wall}``,
+    the median of each round's ``before / after`` ratio (same moment, same load)."""
+    summary: Dict[str, Dict[str, float]] = {}
+    for m in measures:
+        entry: Dict[str, float] = {}
+        for clock in ("cpu_ms", "wall_ms"):
+            for name in (before, after):
+                entry[f"{name}_{clock}"] = statistics.median(rd[name][m][clock] for rd in rounds)
+            entry[f"speedup_{clock.split('_')[0]}"] = statistics.median(rd[before][m][clock] / rd[after][m][clock] for rd in rounds)
+        summary[m] = entry
+    return summary

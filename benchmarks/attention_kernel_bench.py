@@ -35,7 +35,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(ROOT))
 
 from iarm_torchrec.kernels import field_attention as fa  # noqa: E402
-from _common import write_report  # noqa: E402
+from _common import alternation_summary, write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 SOURCE_PATH = "iarm_torchrec/kernels/field_attention.cpp"
@@ -116,19 +116,12 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"round {r}: " + ", ".join(f"{n} fwd {m['forward']['wall_ms']:.2f} bwd {m['backward']['wall_ms']:.2f} ms" for n, m in measured.items()), flush=True)
 
     flops = {"forward": 4 * H * M * M * D * B, "backward": 8 * H * M * M * D * B}
-    summary: Dict[str, Any] = {}
-    for direction in ("forward", "backward"):
-        entry: Dict[str, Any] = {"flops": flops[direction]}
-        for clock in ("wall_ms", "cpu_ms"):
-            for name in ops:
-                ms = statistics.median(rd[name][direction][clock] for rd in rounds)
-                entry[f"{name}_{clock}"] = ms
-                entry[f"{name}_{clock.split('_')[0]}_gflops"] = flops[direction] / ms / 1e6
-            # the ratio of each round's pair (same moment, same load), then their median
-            entry[f"speedup_{clock.split('_')[0]}"] = statistics.median(
-                rd["baseline"][direction][clock] / rd["this"][direction][clock] for rd in rounds
-            )
-        summary[direction] = entry
+    summary: Dict[str, Dict[str, float]] = alternation_summary(rounds, ["forward", "backward"], "baseline", "this")
+    for direction, entry in summary.items():
+        entry["flops"] = flops[direction]
+        for name in ops:
+            for clock in ("wall", "cpu"):
+                entry[f"{name}_{clock}_gflops"] = flops[direction] / entry[f"{name}_{clock}_ms"] / 1e6
 
     report = {
         "settings": vars(args) | {"out": str(args.out)},

@@ -40,7 +40,7 @@ sys.path.insert(0, str(ROOT))
 from iarm_torchrec.allocator import reuse_freed_memory  # noqa: E402
 from iarm_torchrec.kernels import field_attention as fa  # noqa: E402
 from iarm_torchrec.modules import interacting  # noqa: E402
-from _common import write_report  # noqa: E402
+from _common import alternation_summary, write_report  # noqa: E402
 
 RESULTS = HERE / "results"
 ROUTES = ("copy", "direct")
@@ -125,17 +125,9 @@ def main(argv: Optional[List[str]] = None) -> int:
         print(f"round {r}: " + "; ".join(
             f"{n} " + " ".join(f"{m} {v[m]['cpu_ms']:.2f}" for m in MEASURES) for n, v in measured.items()), flush=True)
 
-    summary: Dict[str, Any] = {}
-    for m in MEASURES:
-        entry: Dict[str, float] = {}
-        for clock in ("cpu_ms", "wall_ms"):
-            for name in ROUTES:
-                entry[f"{name}_{clock}"] = statistics.median(rd[name][m][clock] for rd in rounds)
-            entry[f"speedup_{clock.split('_')[0]}"] = statistics.median(rd["copy"][m][clock] / rd["direct"][m][clock] for rd in rounds)
-        summary[m] = entry
     report = {
         "settings": vars(args) | {"out": str(args.out)},
-        "summary": summary,
+        "summary": alternation_summary(rounds, list(MEASURES), "copy", "direct"),
         "rounds": rounds,
     }
     write_report(args.out, report, markdown)
