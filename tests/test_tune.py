@@ -51,7 +51,7 @@ def test_tune_searches_prunes_resumes_and_writes_a_train_config(tmp_path: Path) 
 def test_every_search_space_draws_valid_settings_and_starts_at_the_defaults(tmp_path: Path) -> None:
     import optuna
 
-    defaults = {"iarm_variants": {"product": "inner", "product_layer_sizes": [400, 400, 400]}}
+    defaults = {"iarm_variants": {"deep_layer_sizes": [400, 400, 400], "num_cross_layers": 1}}
     for name, space in SEARCH_SPACES.items():
         fake = FakeTrain()
         tune(BASE, name, tmp_path / name, trials=2, train=fake)
