@@ -100,35 +100,6 @@ def test_predict_on_the_raw_test_file_gives_the_same_scores(exported: Path, run:
     assert np.array_equal(np.loadtxt(tmp_path / "u.txt"), written)
 
 
-def test_predict_scores_a_file_of_many_chunks_in_order_as_in_one(
-    exported: Path, data_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    """Chunk k + 1 is encoded while chunk k is scored: with chunks of ~20 rows against batches of
-    64 (a batch spans several chunks), the scores are the bytes of one chunk's scoring, and equal
-    the model's scores of the whole file encoded to disk and read by the loader (the path before)."""
-    import iarm_torchrec.inference.predict as scoring
-    from iarm_torchrec.data.preprocess import encode
-    from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
-
-    raw = tmp_path / "rows.txt"
-    raw.write_bytes(b"".join(_test_rows(data_dir)))
-    one = predict(exported, raw, tmp_path / "one.txt", batch_size=64, progress=False)
-    monkeypatch.setattr(scoring, "ENCODE_CHUNK_MB", 5000 / 2**20)
-    many = predict(exported, raw, tmp_path / "many.txt", batch_size=64, progress=False)
-    assert (tmp_path / "many.txt").read_bytes() == (tmp_path / "one.txt").read_bytes()
-    assert torch.equal(many, one) and len(one) == len(_test_rows(data_dir))
-
-    payload = read_export(exported)
-    model = model_from_payload(payload)
-    write_data_files(payload, tmp_path / "data")
-    encode(str(raw), str(tmp_path / "data"), str(tmp_path / "encoded"), keep_neutral=True)
-    loader = ShardedBatchLoader(tmp_path / "encoded", "test", batch_size=64, drop_last=False, pin_memory=False)
-    with torch.inference_mode():
-        before = torch.cat([torch.sigmoid(model(b.dense_features, b.sparse_features).float())[b.labels != PADDING_LABEL]
-                            for b in loader])
-    assert torch.equal(many, before)
-
-
 def test_load_exported_rebuilds_a_subclass(exported: Path) -> None:
     class Probe(IARM):
         pass

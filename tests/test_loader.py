@@ -225,32 +225,3 @@ def test_real_data_batch_trains_iarm(tmp_path: Path, dataset: str, folder: str) 
     for name, param in model.named_parameters():
         assert param.grad is not None, f"{dataset}: {name} got no gradient"
         assert torch.isfinite(param.grad).all(), f"{dataset}: {name} has a non-finite gradient"
-
-
-def test_stream_batches_are_the_loaders_batches_wherever_the_chunks_end(tmp_path: Path) -> None:
-    """``iarm predict`` cuts batches from in-memory chunks of any size (a batch may span chunks):
-    the same batches as the loader over the same rows on disk, padding and multi-hot ids included."""
-    from iarm_torchrec.data.parts import Part, write_part
-    from iarm_torchrec.data.spec import FeatureSpec, SparseFieldSpec
-    from iarm_torchrec.data.stream_batches import stream_batches
-
-    rng = np.random.default_rng(0)
-    n = 23
-    lengths = rng.integers(0, 4, n).astype(np.int32)
-    rows = Part(rng.integers(0, 2, n).astype(np.float32), rng.normal(size=(n, 2)).astype(np.float32),
-                rng.integers(0, 9, (n, 2)).astype(np.int32), {"tags": (rng.integers(1, 5, int(lengths.sum())).astype(np.int32), lengths)})
-    spec = FeatureSpec("toy", [SparseFieldSpec("a", 9), SparseFieldSpec("tags", 5, True, 3), SparseFieldSpec("b", 9)], dense=["x", "y"])
-    spec.save(tmp_path)
-    write_part(tmp_path / "test" / "part-00000", *rows)
-    starts = np.concatenate([[0], np.cumsum(lengths)])
-    cuts = [0, 3, 4, 11, 19, n]  # chunks of 3, 1, 7, 8 and 4 rows against batches of 5
-    chunks = [Part(rows.labels[a:b], rows.dense[a:b], rows.sparse[a:b],
-                   {"tags": (rows.multi_hot["tags"][0][starts[a]:starts[b]], lengths[a:b])}) for a, b in zip(cuts[:-1], cuts[1:])]
-    expected = list(ShardedBatchLoader(tmp_path, "test", batch_size=5, drop_last=False, pin_memory=False))
-    got = list(stream_batches(chunks, ["a", "tags", "b"], {"a": 0, "b": 1}, 5))
-    assert len(got) == len(expected) == 5
-    for mine, theirs in zip(got, expected):
-        assert torch.equal(mine.labels, theirs.labels) and torch.equal(mine.dense_features, theirs.dense_features)
-        assert mine.sparse_features.keys() == theirs.sparse_features.keys()
-        assert torch.equal(mine.sparse_features.values(), theirs.sparse_features.values())
-        assert torch.equal(mine.sparse_features.lengths(), theirs.sparse_features.lengths())

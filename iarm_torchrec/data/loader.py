@@ -29,7 +29,7 @@ import math
 import queue
 import threading
 from pathlib import Path
-from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple, TypeVar
+from typing import Any, Dict, Iterable, Iterator, List, Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -39,8 +39,6 @@ from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
 from iarm_torchrec.data.parts import DENSE_FILE, LABELS_FILE, SPARSE_FILE, lengths_file, values_file
 from iarm_torchrec.data.spec import SPLITS, FeatureSpec
 from iarm_torchrec.files import PathLike
-
-T = TypeVar("T")
 
 PADDING_LABEL: float = -1.0
 """Label of the padding rows of ``drop_last=False`` loaders; drop ``labels == PADDING_LABEL``."""
@@ -330,7 +328,7 @@ class ShardedBatchLoader(Iterable[Batch]):
         b = self.batch_size
         batches: Iterator[Batch] = (self._batch(rows[k * b : (k + 1) * b]) for k in range(first, len(self)))
         if self.prefetch:
-            batches = prefetched(batches, self.prefetch)
+            batches = _prefetched(batches, self.prefetch)
         for batch in batches:
             self._next_batch += 1
             yield batch
@@ -380,9 +378,9 @@ def sparse_features(
     )
 
 
-def prefetched(batches: Iterator[T], depth: int) -> Iterator[T]:
-    """Run ``batches`` (any iterator) in a background thread, ``depth`` items ahead; stops the
-    thread when the consumer stops early, re-raises its errors."""
+def _prefetched(batches: Iterator[Batch], depth: int) -> Iterator[Batch]:
+    """Run ``batches`` in a background thread, ``depth`` ahead; stops the thread when the
+    consumer stops early, re-raises its errors."""
     buffer: "queue.Queue[Any]" = queue.Queue(maxsize=depth)
     stop = threading.Event()
     done = object()

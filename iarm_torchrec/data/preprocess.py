@@ -41,7 +41,7 @@ from iarm_torchrec.data.builtin import builtin_reader
 from iarm_torchrec.data.encoders import Lookup, LookupPlan, field_lookups, make_lookup, transform_dense
 from iarm_torchrec.data.movielens import MovieLensReader
 from iarm_torchrec.data.numeric import BUCKETS, TRANSFORMS, NumericStats, bucketize
-from iarm_torchrec.data.parts import Part, write_part
+from iarm_torchrec.data.parts import write_part
 from iarm_torchrec.data.rows import MAX_FIELD_BYTES, MAX_LINE_BYTES, Chunk, RawRows, RowReader, chunk_payloads
 from iarm_torchrec.data.spec import SPEC_FILE, SPLITS, FeatureSpec, SparseFieldSpec
 from iarm_torchrec.data.splits import SplitConfig
@@ -171,10 +171,11 @@ def _lookup(kind: str, arg: Union[str, int]) -> Lookup:
     return _LOOKUP_CACHE[(kind, arg)]
 
 
-def _encode_columns(job: _Job, rows: RawRows) -> Tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """The rows' ``labels [n]`` (0 when unlabelled), ``dense n x N`` (transformed) and one-hot
-    ``sparse n x F1`` ids (with the bucketized numbers after them under ``bucketize``)."""
+def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
+    """Pass 2 on one chunk: ids and transformed numbers, written as ``<split>/part-{chunk.index:05d}``."""
     reader = job.reader
+    rows = job.reader.parse(chunk, data)
+    codes = job.codes(rows)
     sparse = np.empty(rows.sparse.shape, dtype=np.int32)
     for j, name in enumerate(reader.one_hot_fields):
         sparse[:, j] = _lookup(*job.lookups[name]).ids(rows.sparse[:, j])
@@ -184,30 +185,15 @@ def _encode_columns(job: _Job, rows: RawRows) -> Tuple[np.ndarray, np.ndarray, n
     else:
         dense = transform_dense(rows.dense, reader.dense_fields, job.numeric, job.stats, getattr(reader, "numeric_transforms", {}))
     labels = rows.labels if rows.labels is not None else np.zeros(len(rows), dtype=np.float32)
-    return labels, dense, sparse
-
-
-def _encode_multi(job: _Job, rows: RawRows, keep: np.ndarray) -> Dict[str, Tuple[np.ndarray, np.ndarray]]:
-    """Per multi-hot field, the ``keep`` rows' ``(ids [nnz], int32 lengths)``."""
-    multi = {}
-    for name in job.reader.multi_hot_fields:
-        values, lengths = _multi_values(rows, name, keep)
-        multi[name] = (_lookup(*job.lookups[name]).ids(values), lengths.astype(np.int32))
-    return multi
-
-
-def _encode_chunk(job: _Job, chunk: Chunk, data: Optional[bytes]) -> _Written:
-    """Pass 2 on one chunk: ids and transformed numbers, written as ``<split>/part-{chunk.index:05d}``."""
-    rows = job.reader.parse(chunk, data)
-    codes = job.codes(rows)
-    labels, dense, sparse = _encode_columns(job, rows)
     written = _Written({}, {}, {}, rows.skipped, rows.skipped_examples, rows.neutral)
     for code, split in enumerate(SPLITS):
         keep = codes == code
         if not keep.any():
             continue
-        multi = _encode_multi(job, rows, keep)
-        for name, (_, lengths) in multi.items():
+        multi = {}
+        for name in reader.multi_hot_fields:
+            values, lengths = _multi_values(rows, name, keep)
+            multi[name] = (_lookup(*job.lookups[name]).ids(values), lengths.astype(np.int32))
             written.max_length[name] = max(written.max_length.get(name, 0), int(lengths.max(initial=0)))
         write_part(Path(job.out_dir) / split / f"part-{chunk.index:05d}", labels[keep], dense[keep], sparse[keep], multi)
         written.rows[split] = int(keep.sum())
@@ -542,61 +528,6 @@ def encode(
     if split_name not in SPLITS:
         raise ValueError(f"split_name must be one of {SPLITS}, got {split_name!r}")
     base = FeatureSpec.load(data_dir)
-    job, vocab_dir = _encoding_job(base, source, data_dir, labelled, skip_bad_rows, keep_neutral)
-    chunks = job.reader.plan(int(chunk_mb * 2**20))
-    workers = workers or _default_workers()
-    if len(chunks) < ENCODE_CHUNKS_PER_WORKER * workers:
-        # a spawned worker imports torch and the package before its first row (10-20 s on a busy
-        # 2-core machine), while a 16 MB chunk encodes inline in under a second: iarm predict on
-        # 200k Criteo rows went from 19 s to 1.8 s of encoding
-        workers = 1
-    with _writing(out_dir, overwrite) as out:
-        job.out_dir, job.target = str(out), split_name
-        with _pool(workers, len(chunks)) as pool:
-            written = _run_encode(job, chunks, pool)
-        return _encoded_spec(base, written, base.options, source, data_dir, vocab_dir, labelled, split_name, skip_bad_rows, out)
-
-
-@dataclass
-class EncodedChunk:
-    """One chunk of a raw file encoded in memory (:func:`encode_chunks`): its rows as a
-    :class:`~iarm_torchrec.data.parts.Part` and how many of them are MovieLens rating-3 rows."""
-
-    part: Part
-    neutral: int
-
-
-def encode_chunks(
-    source: str, data_dir: str, *, labelled: bool = True, keep_neutral: bool = False, chunk_mb: float = 16.0
-) -> Iterator[EncodedChunk]:
-    """:func:`encode`'s rows, chunk after chunk in file order, in memory instead of on disk, so
-    that a consumer (``iarm predict``) can use chunk ``k`` while chunk ``k + 1`` is encoded.
-
-    The file is cut into chunks before the first one is yielded (for the line numbers of the
-    messages); a bad row raises ``FILE:LINE: ...`` when its chunk is reached (no skipping), and a
-    file without a row raises ``ValueError`` at its end, as :func:`encode` does.
-    """
-    job, _ = _encoding_job(FeatureSpec.load(data_dir), source, data_dir, labelled, False, keep_neutral)
-    chunks = job.reader.plan(int(chunk_mb * 2**20))
-    rows = 0
-    for chunk, data in zip(chunks, chunk_payloads(chunks)):
-        raw = job.reader.parse(chunk, data)
-        labels, dense, sparse = _encode_columns(job, raw)
-        multi = _encode_multi(job, raw, np.ones(len(raw), dtype=bool))
-        rows += len(labels)
-        # the dtypes write_part stores (bucketized numbers may come as int64)
-        part = Part(labels.astype(np.float32, copy=False), dense.astype(np.float32, copy=False),
-                    sparse.astype(np.int32, copy=False), {k: (v.astype(np.int32, copy=False), n) for k, (v, n) in multi.items()})
-        yield EncodedChunk(part, raw.neutral)
-    if not rows:
-        raise ValueError(f"{source}: no rows to write (every row was dropped)")
-
-
-def _encoding_job(
-    base: FeatureSpec, source: str, data_dir: str, labelled: bool, skip_bad_rows: bool, keep_neutral: bool
-) -> Tuple[_Job, Path]:
-    """The job encoding ``source`` with ``base``'s vocabularies and statistics (every row to
-    ``test``), and the vocabularies' folder; raises when a vocabulary file is missing."""
     options = base.options
     reader = make_reader(
         base.dataset,
@@ -615,8 +546,18 @@ def _encoding_job(
     missing = [p for kind, p in lookups.values() if kind == "vocab" and not Path(str(p)).is_file()]
     if missing:
         raise FileNotFoundError(f"{data_dir}: vocabularies {missing} are missing; preprocess the dataset again")
-    job = _Job(reader, None, 0, "", "test", lookups, options["numeric"], options.get("numeric_stats", {}))
-    return job, vocab_dir
+    chunks = reader.plan(int(chunk_mb * 2**20))
+    workers = workers or _default_workers()
+    if len(chunks) < ENCODE_CHUNKS_PER_WORKER * workers:
+        # a spawned worker imports torch and the package before its first row (10-20 s on a busy
+        # 2-core machine), while a 16 MB chunk encodes inline in under a second: iarm predict on
+        # 200k Criteo rows went from 19 s to 1.8 s of encoding
+        workers = 1
+    with _writing(out_dir, overwrite) as out:
+        job = _Job(reader, None, 0, str(out), split_name, lookups, options["numeric"], options.get("numeric_stats", {}))
+        with _pool(workers, len(chunks)) as pool:
+            written = _run_encode(job, chunks, pool)
+        return _encoded_spec(base, written, options, source, data_dir, vocab_dir, labelled, split_name, skip_bad_rows, out)
 
 
 def _encoded_spec(

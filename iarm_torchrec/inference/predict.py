@@ -3,9 +3,7 @@
 ``iarm predict --model FILE --input RAW --out SCORES`` reads ``RAW`` in the dataset's own
 format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
 the vocabulary and numeric statistics saved in ``FILE`` (the data side's
-:func:`~iarm_torchrec.data.preprocess.encode_chunks`: in memory, chunk after chunk, the next
-chunk encoded in a background thread while the model scores this one), runs the model in batches
-(:func:`~iarm_torchrec.data.stream_batches.stream_batches`, the loader's batches) and writes one
+:func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
 click probability per input row, in input order: every input row gets its line. MovieLens rows
 with rating 3, which the training protocol drops (no click label), are scored too; their count
 is reported (a warning, and ``spec.options["neutral_rows"]`` of the encoded rows). A bad input row
@@ -18,17 +16,15 @@ quantized TorchScript module, :mod:`~iarm_torchrec.inference.serving`); the form
 import logging
 import tempfile
 from pathlib import Path
-from typing import Callable, Iterator, Tuple
+from typing import Callable, Tuple
 
 import torch
 from tqdm import tqdm
 
 from iarm_torchrec.allocator import ResultBuffer
-from iarm_torchrec.data.loader import PADDING_LABEL, prefetched
-from iarm_torchrec.data.parts import Part
-from iarm_torchrec.data.preprocess import EncodedChunk, encode_chunks
+from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
+from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.data.spec import FeatureSpec
-from iarm_torchrec.data.stream_batches import stream_batches
 from iarm_torchrec.files import PathLike, atomic_write_text
 from iarm_torchrec.inference import SCORING_BATCH_SIZE
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
@@ -66,51 +62,28 @@ def predict(
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
         data_dir = Path(tmp) / "data"
         score, _ = _scorer(model_file, data_dir)
-        spec = FeatureSpec.load(data_dir)
-        chunks = _Counted(encode_chunks(str(input_file), str(data_dir), labelled=labelled, keep_neutral=True,
-                                          chunk_mb=ENCODE_CHUNK_MB))
-        # chunk k + 1 is parsed and encoded in a background thread while chunk k is scored
-        # (pyarrow's parsing and numpy's lookups release the GIL, so does the forward's compute)
-        parts = prefetched(chunks, ENCODE_AHEAD)
-        batches = stream_batches(parts, [f.name for f in spec.sparse], {n: j for j, n in enumerate(spec.one_hot_fields)}, batch_size)
-        scores = ResultBuffer()  # not a list of small tensors: allocator.py
+        encoded = Path(tmp) / "encoded"
+        spec = encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test", keep_neutral=True)
+        _report_neutral(spec, str(input_file))
+        loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
+        scores = ResultBuffer(loader.num_real_rows)  # not a list of small tensors: allocator.py
         with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for batch in tqdm(batches, desc="predict", unit="batch", disable=not progress):
+            for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
                 probabilities = score(batch.dense_features, batch.sparse_features).float()
                 scores.extend(probabilities[batch.labels != PADDING_LABEL])
         result = scores.values()
-    _report_neutral(chunks.neutral, len(result), str(input_file))
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))
     return result
-
-
-ENCODE_CHUNK_MB = 4.0
-"""Raw megabytes per encoded chunk (~16k Criteo rows): scoring waits for the first chunk only, and
-100,000 rows spent 0.8 s outside the forward at 4 MB (and at 2 MB) against 1.4 s at 16 MB."""
-ENCODE_AHEAD = 1
-"""Encoded chunks queued beyond the one being scored."""
-
-
-class _Counted(Iterator[Part]):
-    """The parts of a stream of encoded chunks, counting their MovieLens rating-3 rows."""
-
-    def __init__(self, chunks: Iterator[EncodedChunk]) -> None:
-        self._chunks = chunks
-        self.neutral: int = 0
-
-    def __next__(self) -> Part:
-        chunk = next(self._chunks)
-        self.neutral += chunk.neutral
-        return chunk.part
 
 
 logger = logging.getLogger(__name__)
 
 
-def _report_neutral(neutral: int, rows: int, source: str) -> None:
+def _report_neutral(spec: FeatureSpec, source: str) -> None:
     """Say how many MovieLens rating-3 rows were scored beside the labelled ones."""
+    neutral = int(spec.options.get("neutral_rows", 0) or 0)
     if neutral:
         logger.warning(
             "%s: %d of %d rows have rating 3, which training drops (no click label): they are scored too",
-            source, neutral, rows,
+            source, neutral, sum(spec.rows.values()),
         )
