@@ -103,6 +103,9 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                         help="the dense arches' compute type while scoring: bf16 autocast (CPUs with AVX512-BF16/AMX, "
                         "GPUs) or fp32 (default); the embeddings stay float32 and the attention computes in float32")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="batches scored at once, each on one core (default: torch's thread count, i.e. "
+                        "OMP_NUM_THREADS or the machine's cores)")
 
 
 @contextmanager
@@ -130,7 +133,7 @@ def _predict(args: argparse.Namespace) -> int:
         from iarm_torchrec.inference.predict import predict
 
     scores = predict(args.model, args.input, args.out, labelled=not args.unlabelled, batch_size=args.batch_size,
-                     precision=args.precision)
+                     precision=args.precision, threads=args.threads)
     print(f"{len(scores)} scores written to {args.out}")
     return 0
 

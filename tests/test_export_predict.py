@@ -160,3 +160,56 @@ def test_predict_freezes_its_imports(exported: Path, data_dir: Path, tmp_path: P
     assert iarm(command + ["--out", str(tmp_path / "in_process.txt")]) == 0
     assert gc.get_freeze_count() == 0 and gc.isenabled()
     assert (tmp_path / "program.txt").read_bytes() == (tmp_path / "in_process.txt").read_bytes()
+
+
+def test_scoring_threads_give_the_same_bytes(exported: Path, data_dir: Path, tmp_path: Path) -> None:
+    """Batches scored at once on several threads (one core each) write exactly what one thread
+    writes, in input order, and a non-positive count is refused."""
+    rows = tmp_path / "rows.txt"
+    rows.write_bytes(b"".join(r.split(b"\t", 1)[1] for r in _test_rows(data_dir)))
+    outputs = {}
+    for threads in (1, 3):
+        out = tmp_path / f"threads-{threads}.txt"
+        assert iarm(["predict", "--model", str(exported), "--input", str(rows), "--out", str(out), "--unlabelled",
+                     "--batch-size", "64", "--threads", str(threads)]) == 0
+        outputs[threads] = out.read_bytes()
+    assert outputs[1] == outputs[3] and outputs[1].count(b"\n") == len(_test_rows(data_dir))
+    with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
+        predict(exported, rows, tmp_path / "never.txt", labelled=False, threads=0, progress=False)
+
+
+def test_scored_in_order_runs_batches_at_once_on_one_core_each() -> None:
+    """The scoring threads return each batch's probabilities in the batches' order (padding rows
+    dropped) however long each takes, compute with one intra-op thread, several at a time, and
+    leave torch's thread count as it was."""
+    import threading
+    import time
+
+    from torchrec.datasets.utils import Batch
+    from torchrec.sparse.jagged_tensor import KeyedJaggedTensor
+
+    from iarm_torchrec.inference.predict import scored_in_order
+
+    seen = []
+    running, most = [0], [0]
+    lock = threading.Lock()
+
+    def score(dense: torch.Tensor, sparse: object) -> torch.Tensor:
+        with lock:
+            running[0] += 1
+            most[0] = max(most[0], running[0])
+            seen.append((threading.current_thread().name, torch.get_num_threads(), torch.is_inference_mode_enabled()))
+        time.sleep(0.02 * float(dense[0, 1]))  # later batches finish first
+        with lock:
+            running[0] -= 1
+        return torch.sigmoid(dense[:, 0])
+
+    kjt = KeyedJaggedTensor.from_lengths_sync(["f"], torch.zeros(4, dtype=torch.long), torch.ones(4, dtype=torch.long))
+    batches = [Batch(dense_features=torch.tensor([[float(4 * b + r), float(5 - b)] for r in range(4)]), sparse_features=kjt,
+                     labels=torch.tensor([0.0, 1.0, 0.0, PADDING_LABEL if b == 5 else 1.0])) for b in range(6)]
+    before = torch.get_num_threads()
+    scores = torch.cat(list(scored_in_order(score, batches, threads=3)))
+    assert torch.equal(scores, torch.sigmoid(torch.tensor([float(i) for i in range(24) if i != 23])))
+    assert torch.get_num_threads() == before
+    assert {threads for _, threads, _ in seen} == {1} and all(inference for _, _, inference in seen)
+    assert len({name for name, _, _ in seen}) == 3 and most[0] == 3

@@ -4,7 +4,15 @@
 format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
 the vocabulary and numeric statistics saved in ``FILE`` (the data side's
 :func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
-click probability per input row, in input order: every input row gets its line. MovieLens rows
+click probability per input row, in input order: every input row gets its line.
+
+Scoring runs ``threads`` batches at once, each on its own thread computing with one core
+(``--threads``, default torch's thread count: ``OMP_NUM_THREADS`` or the machine's cores),
+rather than one batch at a time with every op split across the cores. A CTR forward is a chain
+of short ops (GEMMs of a few milliseconds, the attention kernel, small element-wise passes): split
+across cores each op ends in a barrier where the cores wait for the slowest, and on a machine
+running anything else that wait dominates (docs/performance.md). The scores are the same either
+way; memory holds ``threads`` batches' activations instead of one. MovieLens rows
 with rating 3, which the training protocol drops (no click label), are scored too; their count
 is reported (a warning, and ``spec.options["neutral_rows"]`` of the encoded rows). A bad input row
 stops with ``FILE:LINE: ...`` (there is no skipping, so no row can go missing).
@@ -15,10 +23,14 @@ quantized TorchScript module, :mod:`~iarm_torchrec.inference.serving`); the form
 
 import logging
 import tempfile
+from collections import deque
+from concurrent.futures import Future, ThreadPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Tuple
+from typing import Callable, Deque, Iterable, Iterator, Optional, Tuple
 
 import torch
+from torchrec.datasets.utils import Batch
 from tqdm import tqdm
 
 from iarm_torchrec.allocator import ResultBuffer
@@ -53,12 +65,17 @@ def predict(
     batch_size: int = SCORING_BATCH_SIZE,
     progress: bool = True,
     precision: str = "fp32",
+    threads: Optional[int] = None,
 ) -> torch.Tensor:
     """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``, one
     line per input row) and return them. ``precision="bf16"`` scores under bf16 autocast (the
-    dense arches' matrix products), as training's ``--precision bf16``."""
+    dense arches' matrix products), as training's ``--precision bf16``. ``threads`` batches are
+    scored at once, one core each (default ``torch.get_num_threads()``)."""
     if precision not in ("fp32", "bf16"):
         raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    threads = torch.get_num_threads() if threads is None else threads
+    if threads < 1:
+        raise ValueError(f"threads must be at least 1, got {threads}")
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
         data_dir = Path(tmp) / "data"
         score, _ = _scorer(model_file, data_dir)
@@ -67,13 +84,44 @@ def predict(
         _report_neutral(spec, str(input_file))
         loader = ShardedBatchLoader(encoded, "test", batch_size=batch_size, drop_last=False, pin_memory=False)
         scores = ResultBuffer(loader.num_real_rows)  # not a list of small tensors: allocator.py
-        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=precision == "bf16"):
-            for batch in tqdm(loader, desc="predict", unit="batch", disable=not progress):
-                probabilities = score(batch.dense_features, batch.sparse_features).float()
-                scores.extend(probabilities[batch.labels != PADDING_LABEL])
+        batches = tqdm(loader, desc="predict", unit="batch", disable=not progress)
+        for probabilities in scored_in_order(score, batches, threads, bf16=precision == "bf16"):
+            scores.extend(probabilities)
         result = scores.values()
     atomic_write_text(out_file, "".join(f"{p:.6g}\n" for p in result.tolist()))
     return result
+
+
+def scored_in_order(score: Scorer, batches: Iterable[Batch], threads: int, bf16: bool = False) -> Iterator[torch.Tensor]:
+    """Each batch's probabilities (float32 ``[rows]``, padding rows dropped), in the batches'
+    order, ``threads`` batches computed at once on as many threads with one core each (torch's
+    intra-op thread count is 1 meanwhile, and restored after). Inference mode and bf16 autocast
+    are per thread, so each scoring thread enters them itself."""
+
+    def one(batch: Batch) -> torch.Tensor:
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            probabilities = score(batch.dense_features, batch.sparse_features).float()
+        return probabilities[batch.labels != PADDING_LABEL]
+
+    with _one_core_per_op(), ThreadPoolExecutor(max_workers=threads, thread_name_prefix="iarm-score") as pool:
+        pending: Deque[Future] = deque()  # at most 2 x threads batches loaded and not yet collected
+        for batch in batches:
+            pending.append(pool.submit(one, batch))
+            if len(pending) >= 2 * threads:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
+
+
+@contextmanager
+def _one_core_per_op() -> Iterator[None]:
+    """torch's intra-op threads set to 1 (threads started meanwhile take it), then restored."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
 
 
 logger = logging.getLogger(__name__)
