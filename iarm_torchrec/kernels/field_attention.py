@@ -27,7 +27,7 @@ import sys
 import shutil
 import threading
 from pathlib import Path
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, FrozenSet, Tuple
 
 import torch
 
@@ -42,6 +42,10 @@ ARCH_FLAGS: Dict[str, Tuple[str, ...]] = {
     "AVX512": ("-mavx512f", "-mavx512dq", "-mavx512bw", "-mavx512vl", "-mavx2", "-mfma"),
     "AVX2": ("-mavx2", "-mfma"),
 }
+
+# added to AVX512's flags where the CPU has AVX512-BF16 (the kernel is built on the machine that runs
+# it): the bf16 path then multiplies in bf16 (vdpbf16ps); other CPUs would fault on the instruction
+BF16_DOT_FLAGS: Tuple[str, ...] = ("-mavx512bf16",)
 
 _lock = threading.Lock()
 _loaded: Dict[str, bool] = {}
@@ -69,13 +73,41 @@ def load() -> bool:
     return _loaded["ok"]
 
 
+def cpu_flags() -> FrozenSet[str]:
+    """The CPU's feature flags as Linux lists them in ``/proc/cpuinfo`` (empty elsewhere)."""
+    try:
+        with open("/proc/cpuinfo") as info:
+            for line in info:
+                if line.startswith("flags"):
+                    return frozenset(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    return frozenset()
+
+
+def build_flags(capability: str) -> Tuple[str, ...]:
+    """Compiler flags for torch's CPU capability, with :data:`BF16_DOT_FLAGS` on AVX512 where the
+    CPU has ``avx512_bf16``."""
+    flags = ARCH_FLAGS.get(capability, ())
+    if capability == "AVX512" and "avx512_bf16" in cpu_flags():
+        flags += BF16_DOT_FLAGS
+    return flags
+
+
 def _build() -> bool:
     capability = torch.backends.cpu.get_cpu_capability()
-    # the source's contents and path and the environment in the name: checkouts, versions and
-    # virtual environments on one machine share TORCH_EXTENSIONS_DIR, and under one name each would
-    # rebuild over the other's build (ninja rebuilds when the source's path or torch's include paths
-    # differ), blocking the other's processes on the build lock meanwhile
-    key = SOURCE.read_bytes() + str(SOURCE.resolve()).encode() + sys.prefix.encode() + torch.__version__.encode()
+    flags = build_flags(capability)
+    # the source's contents and path, the flags and the environment in the name: checkouts, versions
+    # and virtual environments on one machine share TORCH_EXTENSIONS_DIR, and under one name each
+    # would rebuild over the other's build (ninja rebuilds when the source's path, flags or torch's
+    # include paths differ), blocking the other's processes on the build lock meanwhile
+    key = (
+        SOURCE.read_bytes()
+        + str(SOURCE.resolve()).encode()
+        + " ".join(flags).encode()
+        + sys.prefix.encode()
+        + torch.__version__.encode()
+    )
     digest = hashlib.sha1(key).hexdigest()[:10]
     name = f"iarm_field_attention_{capability.lower()}_{digest}"
     try:
@@ -88,7 +120,7 @@ def _build() -> bool:
             sources=[str(SOURCE)],
             # -fopenmp: at::parallel_for is inline OpenMP; the libgomp.so.1 it links is the one
             # torch has already loaded, so the kernel runs on torch's threads (torch.set_num_threads)
-            extra_cflags=["-O3", "-fopenmp", *ARCH_FLAGS.get(capability, ())],
+            extra_cflags=["-O3", "-fopenmp", *flags],
             extra_ldflags=["-fopenmp"],
             is_python_module=False,
             verbose=False,
