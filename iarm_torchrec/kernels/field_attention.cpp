@@ -214,9 +214,8 @@ inline vb pair(vf lo, vf hi) {
 
 // dst[r * dr + p * dp] = pair(src[r * sr + 2p * sk], src[r * sr + (2p + 1) * sk]) for r < R and
 // p < ceil(K / 2): R rows of K terms paired along the terms, an odd K's last pair with 0 (what a
-// product of two paired operands adds for that half is then 0 whatever the other holds). It costs
-// one pass over its operand, O(M d') for q, k, v, dO and O(M^2) for the probabilities, against the
-// products' O(M^2 d').
+// product of two paired operands adds for that half is then 0 whatever the other holds). For the
+// probabilities and their gradient: O(M^2) a head against the products' O(M^2 d').
 inline void pair_up(const vf* src, int64_t sr, int64_t sk, int64_t R, int64_t K, vb* dst, int64_t dr, int64_t dp) {
   for (int64_t p = 0; 2 * p < K; ++p) {
     const vf* lo = src + 2 * p * sk;
@@ -379,21 +378,61 @@ void backward_all(const T* x, const T* gout, int64_t B, int64_t M, int64_t H, T*
 
 #if defined(__AVX512BF16__)
 // The bf16 path in bf16 arithmetic. Each product needs its two operands paired along its sum:
-// scores q k^T and dO v^T along d' (q, k, v, dO "by d'", m * D/2 + pair), out = a v, dq = ds k along
-// j and dv = a^T dO, dk = ds^T q along i (v, k, dO, q "by fields", pair * D + t; a and ds rows paired
-// for the first two, columns for the last two). Per head q, k, v and dO are paired from the
-// gathered float32 copy (exact: they were bf16), a and ds as they are computed (rounded: they are
-// float32 there).
+// scores q k^T and dO v^T along d' (q, k, v, dO "by d'", pairs m * stride + t/2), out = a v and
+// dq = ds k along j, dv = a^T dO and dk = ds^T q along i (v, k, dO, q "by fields", pairs m/2 * D + t;
+// a's and ds's rows paired for the first two, columns for the last two). A bf16 row's consecutive
+// elements t, t+1 (t even) are one 32-bit word, so gathering 32-bit words as gather gathers floats
+// gives every operand by d' directly, unconverted; by fields is one pass over it per head. a and ds
+// are computed in float32 and rounded to bf16 as they are paired.
 
-// One head's forward as forward_head: qd, kd by d' (P.all rows), vfld by fields; a is ROWS x Mp
-// float32 scratch, ap ROWS x ceil(M / 2) pairs.
+// Lane-major 32-bit words of LANES samples' first n / 2 bf16 pairs (samples `sample` elements
+// apart; n and sample even): dst[w] lane l = elements 2w, 2w+1 of sample l, lanes past `valid` 0.
+// As gather, the bits moved as they are.
+void gather_pairs(const at::BFloat16* src, int64_t sample, int64_t n, int valid, vb* dst) {
+  const int64_t words = n / 2;
+  int64_t w = 0;
+  for (; w + LANES <= words; w += LANES) {
+    __m512 r[16];
+    for (int l = 0; l < valid; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + 2 * w + AHEAD<at::BFloat16>), _MM_HINT_T0);
+    for (int l = 0; l < LANES; ++l)
+      r[l] = l < valid ? _mm512_loadu_ps(reinterpret_cast<const float*>(src + l * sample + 2 * w)) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int c = 0; c < LANES; ++c) std::memcpy(&dst[w + c], &r[c], sizeof(vb));
+  }
+  for (; w < words; ++w) {
+    uint32_t x[LANES] = {};
+    for (int l = 0; l < valid; ++l) std::memcpy(&x[l], src + l * sample + 2 * w, sizeof(uint32_t));
+    std::memcpy(&dst[w], x, sizeof(vb));
+  }
+}
+
+// One head's operand by d' (D/2 pairs a row, rows `stride` pairs apart) by fields: dst[p * D + t] =
+// (x_2p,t, x_2p+1,t) for p < ceil(M / 2), an odd M's last pair with 0. Rows m and m+1's words
+// (x_m,t, x_m,t+1) and (x_m+1,t, x_m+1,t+1) give words t and t+1 by their low and high halves.
 template <int D>
-void forward_head_pairs(const vb* qd, const vb* kd, const vb* vfld, int64_t M, vf* a, vb* ap, vf* out,
+void pair_by_fields(const vb* x, int64_t stride, int64_t M, vb* dst) {
+  constexpr __mmask32 HIGH = 0xAAAAAAAA;  // the high bf16 of every 32-bit word
+  for (int64_t p = 0; 2 * p < M; ++p) {
+    const vb* lo = x + 2 * p * stride;
+    const vb* hi = lo + stride;
+    for (int w = 0; w < D / 2; ++w) {
+      const __m512i a = (__m512i)lo[w], b = 2 * p + 1 < M ? (__m512i)hi[w] : _mm512_setzero_si512();
+      dst[p * D + 2 * w] = (vb)_mm512_mask_blend_epi16(HIGH, a, _mm512_slli_epi32(b, 16));
+      dst[p * D + 2 * w + 1] = (vb)_mm512_mask_blend_epi16(HIGH, _mm512_srli_epi32(a, 16), b);
+    }
+  }
+}
+
+// One head's forward as forward_head: q, k by d' (rows `stride` pairs apart, P.all of them),
+// vfld by fields; a is ROWS x Mp float32 scratch, ap ROWS x ceil(M / 2) pairs.
+template <int D>
+void forward_head_pairs(const vb* q, const vb* k, int64_t stride, const vb* vfld, int64_t M, vf* a, vb* ap, vf* out,
                         int64_t out_stride) {
   const Padding P(M);
   const int64_t Mp = P.all, Mh = (M + 1) / 2;
   for (int64_t i = 0; i < P.rows; i += ROWS) {
-    probabilities<D / 2>(qd + i * (D / 2), kd, D / 2, M, P, a);
+    probabilities<D / 2>(q + i * stride, k, stride, M, P, a);
     pair_up(a, Mp, 1, ROWS, M, ap, Mh, 1);
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
@@ -403,21 +442,22 @@ void forward_head_pairs(const vb* qd, const vb* kd, const vb* vfld, int64_t M, v
   }
 }
 
-// One head's backward as backward_head, operands paired as named (d: by d', f: by fields); a, ds
-// are Mp x Mp float32 scratch, dsp ROWS x ceil(M / 2) pairs, ap and dsc ceil(M / 2) x Mp pairs.
+// One head's backward as backward_head: q, k, v by d' (rows `stride` pairs apart), dout by d' (rows
+// `out_stride` pairs apart), qf, kf, dof by fields; a, ds are Mp x Mp float32 scratch, dsp ROWS x
+// ceil(M / 2) pairs, ap and dsc ceil(M / 2) x Mp pairs.
 template <int D>
-void backward_head_pairs(const vb* qd, const vb* kd, const vb* vd, const vb* dod, const vb* qf, const vb* kf,
-                         const vb* dof, int64_t M, vf* dq, vf* dk, vf* dv, int64_t stride, vf* a, vf* ds, vb* dsp,
-                         vb* ap, vb* dsc) {
+void backward_head_pairs(const vb* q, const vb* k, const vb* v, int64_t stride, const vb* dout, int64_t out_stride,
+                         const vb* qf, const vb* kf, const vb* dof, int64_t M, vf* dq, vf* dk, vf* dv,
+                         int64_t grad_stride, vf* a, vf* ds, vb* dsp, vb* ap, vb* dsc) {
   const Padding P(M);
   const int64_t Mp = P.all, Mh = (M + 1) / 2;
   for (int64_t i = 0; i < P.rows; i += ROWS) {
     vf* ai = a + i * Mp;
     vf* dsi = ds + i * Mp;
-    probabilities<D / 2>(qd + i * (D / 2), kd, D / 2, M, P, ai);
+    probabilities<D / 2>(q + i * stride, k, stride, M, P, ai);
     for (int64_t j = 0; j < P.cols; j += COLS) {
       vf acc[ROWS][COLS];
-      block_product(dod + i * (D / 2), D / 2, 1, vd + j * (D / 2), D / 2, 1, D / 2, acc);
+      block_product(dout + i * out_stride, out_stride, 1, v + j * stride, stride, 1, D / 2, acc);
       store(acc, dsi + j, Mp);
     }
     softmax_backward(ai, M, Mp, dsi);
@@ -425,7 +465,7 @@ void backward_head_pairs(const vb* qd, const vb* kd, const vb* vd, const vb* dod
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
       block_product(dsp, Mh, 1, kf + t, 1, D, Mh, acc);
-      store(acc, dq + i * stride + t, stride);
+      store(acc, dq + i * grad_stride + t, grad_stride);
     }
   }
   // a's and ds's columns paired along i, for the column blocks' sums over i (rows >= M left out)
@@ -435,36 +475,29 @@ void backward_head_pairs(const vb* qd, const vb* kd, const vb* vd, const vb* dod
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
       block_product(ap + j, 1, Mp, dof + t, 1, D, Mh, acc);
-      store(acc, dv + j * stride + t, stride);
+      store(acc, dv + j * grad_stride + t, grad_stride);
       block_product(dsc + j, 1, Mp, qf + t, 1, D, Mh, acc);
-      store(acc, dk + j * stride + t, stride);
+      store(acc, dk + j * grad_stride + t, grad_stride);
     }
   }
 }
 
-// One head's operand x (D vectors a row, rows `stride` apart) paired by d' (its Mp rows into
-// Mp x D/2) or by fields (its M rows into ceil(M / 2) x D).
-template <int D>
-void pair_by_dim(const vf* x, int64_t stride, int64_t Mp, vb* dst) { pair_up(x, stride, 1, Mp, D, dst, D / 2, 1); }
-template <int D>
-void pair_by_fields(const vf* x, int64_t stride, int64_t M, vb* dst) { pair_up(x, 1, stride, D, M, dst, 1, D); }
-
-// forward_all and backward_all for bf16 x with the products in bf16 arithmetic.
+// forward_all and backward_all for bf16 x with the products in bf16 arithmetic. The by-d' buffers
+// have Mp rows of C / 2 (O / 2) pairs; rows past M stay 0, as in forward_all.
 template <int D>
 void forward_all_pairs(const at::BFloat16* x, int64_t B, int64_t M, int64_t H, at::BFloat16* out) {
   const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, Mh = (M + 1) / 2, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<vf> xb(Mp * C), ob(Mp * O), a(ROWS * Mp);
-    std::vector<vb> qd(Mp * D / 2), kd(Mp * D / 2), vfld(Mh * D), ap(ROWS * Mh);
+    std::vector<vb> xb(Mp * C / 2), vfld(Mh * D), ap(ROWS * Mh);
+    std::vector<vf> ob(Mp * O), a(ROWS * Mp);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t b0 = blk * LANES;
       const int valid = static_cast<int>(std::min<int64_t>(LANES, B - b0));
-      gather(x + b0 * M * C, M * C, M * C, valid, xb.data());
+      gather_pairs(x + b0 * M * C, M * C, M * C, valid, xb.data());
       for (int64_t h = 0; h < H; ++h) {
-        pair_by_dim<D>(xb.data() + h * D, C, Mp, qd.data());
-        pair_by_dim<D>(xb.data() + (H + h) * D, C, Mp, kd.data());
-        pair_by_fields<D>(xb.data() + (2 * H + h) * D, C, M, vfld.data());
-        forward_head_pairs<D>(qd.data(), kd.data(), vfld.data(), M, a.data(), ap.data(), ob.data() + h * D, O);
+        pair_by_fields<D>(xb.data() + (2 * H + h) * D / 2, C / 2, M, vfld.data());
+        forward_head_pairs<D>(xb.data() + h * D / 2, xb.data() + (H + h) * D / 2, C / 2, vfld.data(), M, a.data(),
+                              ap.data(), ob.data() + h * D, O);
       }
       scatter(ob.data(), M * O, valid, out + b0 * M * O, M * O);
     }
@@ -476,27 +509,23 @@ void backward_all_pairs(const at::BFloat16* x, const at::BFloat16* gout, int64_t
                         at::BFloat16* grad) {
   const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, Mh = (M + 1) / 2, blocks = (B + LANES - 1) / LANES;
   at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<vf> xb(Mp * C), gb(Mp * O), db(Mp * C), a(Mp * Mp), ds(Mp * Mp);
-    std::vector<vb> qd(Mp * D / 2), kd(Mp * D / 2), vd(Mp * D / 2), dod(Mp * D / 2), qf(Mh * D), kf(Mh * D),
-        dof(Mh * D), dsp(ROWS * Mh), ap(Mh * Mp), dsc(Mh * Mp);
+    std::vector<vb> xb(Mp * C / 2), gb(Mp * O / 2), qf(Mh * D), kf(Mh * D), dof(Mh * D), dsp(ROWS * Mh), ap(Mh * Mp),
+        dsc(Mh * Mp);
+    std::vector<vf> db(Mp * C), a(Mp * Mp), ds(Mp * Mp);
     for (int64_t blk = begin; blk < end; ++blk) {
       const int64_t b0 = blk * LANES;
       const int valid = static_cast<int>(std::min<int64_t>(LANES, B - b0));
-      gather(x + b0 * M * C, M * C, M * C, valid, xb.data());
-      gather(gout + b0 * M * O, M * O, M * O, valid, gb.data());
+      gather_pairs(x + b0 * M * C, M * C, M * C, valid, xb.data());
+      gather_pairs(gout + b0 * M * O, M * O, M * O, valid, gb.data());
       for (int64_t h = 0; h < H; ++h) {
-        const vf *q = xb.data() + h * D, *k = xb.data() + (H + h) * D, *v = xb.data() + (2 * H + h) * D,
-                 *dout = gb.data() + h * D;
-        pair_by_dim<D>(q, C, Mp, qd.data());
-        pair_by_dim<D>(k, C, Mp, kd.data());
-        pair_by_dim<D>(v, C, Mp, vd.data());
-        pair_by_dim<D>(dout, O, Mp, dod.data());
-        pair_by_fields<D>(q, C, M, qf.data());
-        pair_by_fields<D>(k, C, M, kf.data());
-        pair_by_fields<D>(dout, O, M, dof.data());
-        backward_head_pairs<D>(qd.data(), kd.data(), vd.data(), dod.data(), qf.data(), kf.data(), dof.data(), M,
-                               db.data() + h * D, db.data() + (H + h) * D, db.data() + (2 * H + h) * D, C, a.data(),
-                               ds.data(), dsp.data(), ap.data(), dsc.data());
+        const vb *q = xb.data() + h * D / 2, *k = xb.data() + (H + h) * D / 2, *v = xb.data() + (2 * H + h) * D / 2,
+                 *dout = gb.data() + h * D / 2;
+        pair_by_fields<D>(q, C / 2, M, qf.data());
+        pair_by_fields<D>(k, C / 2, M, kf.data());
+        pair_by_fields<D>(dout, O / 2, M, dof.data());
+        backward_head_pairs<D>(q, k, v, C / 2, dout, O / 2, qf.data(), kf.data(), dof.data(), M, db.data() + h * D,
+                               db.data() + (H + h) * D, db.data() + (2 * H + h) * D, C, a.data(), ds.data(),
+                               dsp.data(), ap.data(), dsc.data());
       }
       scatter(db.data(), M * C, valid, grad + b0 * M * C, M * C);
     }
