@@ -196,7 +196,8 @@ inline vf madd(vf acc, vf x, vf y) { return acc + x * y; }
 // 16 lanes of bf16 pairs: lane l's 32 bits hold two consecutive terms of one sum for sample l (the
 // lower index in the low half), which is how vdpbf16ps pairs its operands: acc_l += x_l,lo * y_l,lo
 // + x_l,hi * y_l,hi. Each operand of a product is laid out paired along that product's sum (see
-// pair_up), so one instruction does two of its steps.
+// pair_up), so one instruction does two of its steps. vdpbf16ps and the float32 -> bf16 conversion
+// ignore MXCSR and take subnormal inputs as 0, which only drops terms below 2^-126.
 typedef int16_t vb __attribute__((vector_size(2 * LANES * sizeof(int16_t))));
 
 inline vf madd(vf acc, vb x, vb y) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)x, (__m512bh)y); }
