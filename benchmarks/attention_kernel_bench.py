@@ -13,7 +13,10 @@ twice that backward, softmax not counted (the count of ``benchmarks/size_bench.p
 
 Usage (~1 minute at the defaults, one thread)::
 
-    python benchmarks/attention_kernel_bench.py [--baseline-rev main] [--rounds 9]
+    python benchmarks/attention_kernel_bench.py [--baseline-rev main] [--rounds 9] [--dtype bfloat16]
+
+``--dtype bfloat16`` times both builds on bf16 ``qkv`` and gradient, as ``--precision bf16`` gives them
+(a kernel built with AVX512-BF16 multiplies it in bf16, so its GFLOP/s are bf16's).
 
 Results: ``benchmarks/results/attention_kernel.json`` and ``.md``.
 """
@@ -84,6 +87,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--heads", type=int, default=2)
     parser.add_argument("--head-dim", type=int, default=32)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--dtype", choices=["float32", "bfloat16"], default="float32", help="of qkv and the gradient")
     parser.add_argument("--rounds", type=int, default=9, help="alternations of baseline and this checkout")
     parser.add_argument("--calls", type=int, default=5, help="calls per build, direction and round")
     parser.add_argument("--out", type=Path, default=RESULTS / "attention_kernel")
@@ -94,13 +98,14 @@ def main(argv: Optional[List[str]] = None) -> int:
     ops = {"baseline": load_baseline(args.baseline_rev), "this": torch.ops.iarm}
     B, M, H, D = args.batch, args.fields, args.heads, args.head_dim
     torch.manual_seed(0)
-    qkv = torch.randn(B, M, 3 * H * D) / D**0.25
-    gout = torch.randn(B, M, H * D)
+    dtype = getattr(torch, args.dtype)
+    qkv = (torch.randn(B, M, 3 * H * D) / D**0.25).to(dtype)
+    gout = torch.randn(B, M, H * D).to(dtype)
 
     results = {name: [op.field_attention_forward(qkv, H, D), op.field_attention_backward(gout, qkv, H, D)] for name, op in ops.items()}
     differences = {
-        "forward_max_abs": (results["this"][0] - results["baseline"][0]).abs().max().item(),
-        "backward_max_abs": (results["this"][1] - results["baseline"][1]).abs().max().item(),
+        "forward_max_abs": (results["this"][0].float() - results["baseline"][0].float()).abs().max().item(),
+        "backward_max_abs": (results["this"][1].float() - results["baseline"][1].float()).abs().max().item(),
     }
     rounds: List[Dict[str, Dict[str, Dict[str, float]]]] = []
     for r in range(args.rounds):
@@ -139,11 +144,13 @@ def markdown(report: Dict[str, Any]) -> str:
     lines = [
         "# One field-attention layer, compiled CPU kernel: this checkout against a baseline",
         "",
-        f"Command: `python benchmarks/attention_kernel_bench.py --baseline-rev {s['baseline_rev']} --rounds {s['rounds']}`; "
+        f"Command: `python benchmarks/attention_kernel_bench.py --baseline-rev {s['baseline_rev']} --rounds {s['rounds']} "
+        f"--dtype {s.get('dtype', 'float32')}`; "
         f"commit {report['commit']}, baseline {s['baseline_rev']} = {report['baseline_commit'][:7]}; {report['cpu']}, "
         f"torch {report['versions'].get('torch')}.",
         "",
-        f"B = {s['batch']}, M = {s['fields']}, H = {s['heads']}, d' = {s['head_dim']}, {s['threads']} thread(s); "
+        f"B = {s['batch']}, M = {s['fields']}, H = {s['heads']}, d' = {s['head_dim']}, {s.get('dtype', 'float32')}, "
+        f"{s['threads']} thread(s); "
         f"medians of {s['rounds']} alternating rounds, each the median of {s['calls']} calls. "
         "CPU = the thread's CPU time (not counting time descheduled by other jobs). "
         "GFLOP/s at 4 H M^2 d' FLOPs a sample forward, twice that backward.",

@@ -4,8 +4,9 @@ The kernel computes Eq. 7-10 in float32 with samples in SIMD lanes and its own `
 check compares it with :func:`matmul_attention` run in float64 on the same numbers, and bounds
 its error by the error float32 ATen makes on the same input (so the kernel is never less exact
 than the path it replaces), plus a small absolute floor. bf16 input (CPU autocast's projections)
-is read directly: its results must be exactly the float32 kernel's on the widened input, rounded
-to bf16.
+is read directly. Where the CPU has AVX512-BF16 the kernel multiplies it in bf16 (as ATen's bf16
+attention does), and its error against float64 is bounded by ATen's bf16 error; elsewhere its
+results must be exactly the float32 kernel's on the widened input, rounded to bf16.
 """
 
 import logging
@@ -177,15 +178,17 @@ def test_same_result_for_any_thread_count_and_layout() -> None:
     assert torch.equal(fa.field_attention(strided, 2, 8), one[0])
 
 
-@pytest.mark.parametrize(
-    "batch, fields, heads, head_dim",
-    [(1, 1, 1, 4), (17, 39, 2, 8), (33, 39, 2, 32), (100, 7, 3, 16), (5, 13, 1, 64), (17, 21, 2, 4), (20, 100, 2, 32)],
-)
+BF16_SHAPES = [(1, 1, 1, 4), (17, 39, 2, 8), (33, 39, 2, 32), (100, 7, 3, 16), (5, 13, 1, 64), (17, 21, 2, 4), (20, 100, 2, 32)]
+
+
+@pytest.mark.parametrize("batch, fields, heads, head_dim", BF16_SHAPES)
 def test_bf16_is_the_float32_kernel_on_the_widened_input_rounded(batch: int, fields: int, heads: int, head_dim: int) -> None:
-    """bf16 -> float32 is exact and the attention is float32 either way, so a bf16 ``qkv`` gives
-    bit for bit the float32 kernel's output and gradient on ``qkv.float()``, each rounded to bf16
-    as ``.to(torch.bfloat16)`` rounds (nearest even); blocks of 16 samples and a partial one, and
-    column counts with and without a remainder of 16 (the vector transposes)."""
+    """Without bf16 arithmetic, bf16 -> float32 is exact and the attention is float32 either way, so a
+    bf16 ``qkv`` gives bit for bit the float32 kernel's output and gradient on ``qkv.float()``, each
+    rounded to bf16 as ``.to(torch.bfloat16)`` rounds (nearest even); blocks of 16 samples and a
+    partial one, and column counts with and without a remainder of 16 (the vector transposes)."""
+    if fa.bf16_arithmetic():
+        pytest.skip("this build multiplies bf16 in bf16 (AVX512-BF16): test_bf16_arithmetic_* check it")
     torch.manual_seed(batch * 1000 + fields)
     qkv = (torch.randn(batch, fields, 3 * heads * head_dim) / head_dim**0.25).bfloat16()
     grad = torch.randn(batch, fields, heads * head_dim).bfloat16()
@@ -212,6 +215,84 @@ def test_bf16_rounds_ties_to_even() -> None:
     assert torch.equal(out[0, 0], even) and torch.equal(out[0, 1], even)
     assert torch.equal(x.grad[0, 0, 8:], even) and torch.equal(x.grad[0, 1, 8:], even)
     assert not x.grad[..., :8].any()  # equal keys: the scores' gradients are 0
+
+
+def _needs_bf16_arithmetic() -> None:
+    if not fa.bf16_arithmetic():
+        pytest.skip("bf16 is multiplied in bf16 only where the CPU has AVX512-BF16 (avx512_bf16 in "
+                    "/proc/cpuinfo); this build widens it to float32, which the bit-equality test checks")
+
+
+def _bf16_errors(batch: int, fields: int, heads: int, head_dim: int):
+    """(kernel, ATen bf16) errors against float64 on the same bf16 numbers, as (max, RMS) pairs
+    for the output and for qkv's gradient."""
+    torch.manual_seed(batch * 1000 + fields)
+    qkv = (torch.randn(batch, fields, 3 * heads * head_dim) / head_dim**0.25).bfloat16()
+    grad = torch.randn(batch, fields, heads * head_dim).bfloat16()
+    out, in_grad = _forward_backward(fa.field_attention, qkv, grad, heads, head_dim)
+    assert out.dtype == torch.bfloat16 and in_grad.dtype == torch.bfloat16
+    ref_out, ref_grad = _forward_backward(matmul_attention, qkv.double(), grad.double(), heads, head_dim)
+    aten_out, aten_grad = _forward_backward(matmul_attention, qkv, grad, heads, head_dim)
+
+    def err(x: torch.Tensor, ref: torch.Tensor) -> Tuple[float, float]:
+        d = x.double() - ref
+        return d.abs().max().item(), d.square().mean().sqrt().item()
+
+    return [(err(mine, ref), err(aten, ref)) for mine, aten, ref in ((out, aten_out, ref_out), (in_grad, aten_grad, ref_grad))]
+
+
+def _assert_as_exact_as_aten_bf16(batch: int, fields: int, heads: int, head_dim: int) -> None:
+    """The bf16 kernel rounds the weights and their gradient to bf16 before their products, as ATen
+    does (it also rounds the scores and dO V^T, which the kernel keeps in float32), so its error is
+    ATen's kind: RMS within 10% of ATen's and max within 1.5x (measured over these shapes: up to
+    1.03x and 1.26x), output and gradient."""
+    for (mine_max, mine_rms), (aten_max, aten_rms) in _bf16_errors(batch, fields, heads, head_dim):
+        assert mine_rms <= 1.1 * aten_rms + 1e-7, (mine_rms, aten_rms)
+        assert mine_max <= 1.5 * aten_max + 1e-7, (mine_max, aten_max)
+
+
+@pytest.mark.parametrize("batch, fields, heads, head_dim", BF16_SHAPES)
+def test_bf16_arithmetic_as_exact_as_aten_bf16(batch: int, fields: int, heads: int, head_dim: int) -> None:
+    _needs_bf16_arithmetic()
+    _assert_as_exact_as_aten_bf16(batch, fields, heads, head_dim)
+
+
+@pytest.mark.parametrize("head_dim", [4, 8, 16, 32, 64])
+def test_bf16_arithmetic_every_field_count_across_the_padding(head_dim: int) -> None:
+    """Field counts 1-21: the sums over fields run in pairs (an odd count's last pair padded with
+    0), besides the register blocks' padding; a partial block of samples."""
+    _needs_bf16_arithmetic()
+    for fields in range(1, 22):
+        _assert_as_exact_as_aten_bf16(17, fields, 2, head_dim)
+
+
+def test_bf16_arithmetic_same_result_for_any_thread_count() -> None:
+    torch.manual_seed(6)
+    qkv = (torch.randn(70, 39, 3 * 2 * 32) / 32**0.25).bfloat16()
+    grad = torch.randn(70, 39, 64).bfloat16()
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(1)
+        one = _forward_backward(fa.field_attention, qkv, grad, 2, 32)
+        torch.set_num_threads(2)
+        two = _forward_backward(fa.field_attention, qkv, grad, 2, 32)
+    finally:
+        torch.set_num_threads(threads)
+    assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
+
+
+def test_bf16_arithmetic_only_where_the_cpu_has_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """-mavx512bf16 only for AVX512 CPUs listing avx512_bf16 (others would fault on vdpbf16ps), and
+    the build's name changes with the flags, so a build of either kind is never loaded as the other."""
+    capability = torch.backends.cpu.get_cpu_capability()
+    assert fa.bf16_arithmetic() == (capability == "AVX512" and "avx512_bf16" in fa.cpu_flags())
+    monkeypatch.setattr(fa, "cpu_flags", lambda: frozenset({"avx512f", "avx512_bf16"}))
+    with_dot = fa.build_flags("AVX512")
+    assert "-mavx512bf16" in with_dot and "-mavx512bf16" not in fa.build_flags("AVX2")
+    monkeypatch.setattr(fa, "cpu_flags", lambda: frozenset({"avx512f"}))
+    without = fa.build_flags("AVX512")
+    assert "-mavx512bf16" not in without
+    assert fa.extension_name("AVX512", with_dot) != fa.extension_name("AVX512", without)
 
 
 def test_bf16_against_the_aten_reference() -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from iarm_torchrec.kernels.field_attention import kernel_enabled
+from iarm_torchrec.kernels.field_attention import bf16_arithmetic, kernel_enabled
 from iarm_torchrec.models import ctr_train
 from iarm_torchrec.models.ctr_train import CTRTrain, resolve_precision
 from iarm_torchrec.modules.interacting import matmul_attention, multi_head_attention
@@ -75,13 +75,20 @@ def test_bf16_autocasts_the_dense_arches_only() -> None:
 
 
 @pytest.mark.skipif(not kernel_enabled(), reason="the CPU attention kernel is not built here")
-def test_bf16_attention_reads_bf16_and_attends_in_float32_on_the_kernel() -> None:
-    """Autocast's bf16 projections go to the kernel as they are; it attends in float32 and
-    returns bf16: the float32 attention of the same numbers, rounded."""
+def test_bf16_attention_reads_bf16_on_the_kernel() -> None:
+    """Autocast's bf16 projections go to the kernel as they are and it returns bf16. Where it
+    multiplies bf16 in bf16 (AVX512-BF16) it is within 1.5x ATen bf16's error from the float32
+    attention of the same numbers; elsewhere it attends in float32: that attention, rounded."""
+    torch.manual_seed(0)
     qkv = (torch.randn(20, 39, 3 * 2 * 32) / 32**0.25).bfloat16()
     out = multi_head_attention(qkv, 2, 32)
     assert out.dtype == torch.bfloat16
-    torch.testing.assert_close(out.float(), matmul_attention(qkv.float(), 2, 32), atol=1e-5, rtol=2**-8)
+    exact = matmul_attention(qkv.float(), 2, 32)
+    if bf16_arithmetic():
+        aten_err = (matmul_attention(qkv, 2, 32).float() - exact).abs().max()
+        assert (out.float() - exact).abs().max() <= 1.5 * aten_err
+    else:
+        torch.testing.assert_close(out.float(), exact, atol=1e-5, rtol=2**-8)
 
 
 def test_bf16_residual_takes_the_attention_output_dtype() -> None:

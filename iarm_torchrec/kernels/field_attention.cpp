@@ -7,8 +7,12 @@
 // vector (full-width FMAs, no shuffles, no horizontal reductions), and is transposed back.
 //
 // qkv is float32 or bf16 (bf16 autocast's projections). bf16 is widened to float32 while it is
-// transposed in and the results are rounded back while they are transposed out, so the attention
-// is float32 either way and no float32 copy of a bf16 qkv, output or gradient is made.
+// transposed in and the results are rounded back while they are transposed out, so no float32 copy
+// of a bf16 qkv, output or gradient is made. Where the compiler targets AVX512-BF16 (the build adds
+// -mavx512bf16 when the CPU has it), the bf16 path's six matrix products run in bf16 arithmetic
+// (vdpbf16ps: two bf16 products per float32 lane, float32 sums) as ATen's bf16 attention does, the
+// probabilities and their gradient rounded to bf16 first; the softmax and its gradient's row sums stay
+// float32. Otherwise, and for float32 input always, the attention is float32 arithmetic.
 //
 // Registered as torch.ops.iarm.field_attention_forward / field_attention_backward; the autograd
 // wiring and the build live in iarm_torchrec/kernels/field_attention.py.
@@ -19,6 +23,7 @@
 #include <algorithm>
 #include <cstdint>
 #include <cstring>
+#include <type_traits>
 #include <vector>
 #if defined(__AVX512F__)
 #include <immintrin.h>
@@ -185,17 +190,57 @@ struct Padding {
   explicit Padding(int64_t M) : rows(round_up(M, ROWS)), cols(round_up(M, COLS)), all(std::max(rows, cols)) {}
 };
 
-// acc[r][c] = sum_{k < K} x[r * xr + k * xk] * y[c * yc + k * yk], summed in order of k.
-inline void block_product(const vf* x, int64_t xr, int64_t xk, const vf* y, int64_t yc, int64_t yk, int64_t K,
+inline vf madd(vf acc, vf x, vf y) { return acc + x * y; }
+
+#if defined(__AVX512BF16__)
+// 16 lanes of bf16 pairs: lane l's 32 bits hold two consecutive terms of one sum for sample l (the
+// lower index in the low half), which is how vdpbf16ps pairs its operands: acc_l += x_l,lo * y_l,lo
+// + x_l,hi * y_l,hi. Each operand of a product is laid out paired along that product's sum (see
+// pair_up), so one instruction does two of its steps. vdpbf16ps and the float32 -> bf16 conversion
+// ignore MXCSR and take subnormal inputs as 0, which only drops terms below 2^-126.
+typedef int16_t vb __attribute__((vector_size(2 * LANES * sizeof(int16_t))));
+
+inline vf madd(vf acc, vb x, vb y) { return (vf)_mm512_dpbf16_ps((__m512)acc, (__m512bh)x, (__m512bh)y); }
+
+// (lo, hi) rounded to bf16 (nearest even, as ATen rounds the bf16 attention's probabilities; exact
+// for values that were bf16) and interleaved lane by lane. The conversion puts lo's 16 lanes in the
+// low 16 halves and hi's above them, vpermw interleaves them.
+inline vb pair(vf lo, vf hi) {
+  alignas(64) static constexpr int16_t interleave[2 * LANES] = {0, 16, 1, 17, 2,  18, 3,  19, 4,  20, 5,
+                                                                21, 6, 22, 7, 23, 8, 24, 9, 25, 10, 26,
+                                                                11, 27, 12, 28, 13, 29, 14, 30, 15, 31};
+  const __m512i halves = (__m512i)_mm512_cvtne2ps_pbh((__m512)hi, (__m512)lo);
+  return (vb)_mm512_permutexvar_epi16(_mm512_load_si512(interleave), halves);
+}
+
+// dst[r * dr + p * dp] = pair(src[r * sr + 2p * sk], src[r * sr + (2p + 1) * sk]) for r < R and
+// p < ceil(K / 2): R rows of K terms paired along the terms, an odd K's last pair with 0 (what a
+// product of two paired operands adds for that half is then 0 whatever the other holds). For the
+// probabilities and their gradient: O(M^2) a head against the products' O(M^2 d').
+inline void pair_up(const vf* src, int64_t sr, int64_t sk, int64_t R, int64_t K, vb* dst, int64_t dr, int64_t dp) {
+  for (int64_t p = 0; 2 * p < K; ++p) {
+    const vf* lo = src + 2 * p * sk;
+    if (2 * p + 1 < K)
+      for (int64_t r = 0; r < R; ++r) dst[r * dr + p * dp] = pair(lo[r * sr], lo[r * sr + sk]);
+    else
+      for (int64_t r = 0; r < R; ++r) dst[r * dr + p * dp] = pair(lo[r * sr], vf{});
+  }
+}
+#endif
+
+// acc[r][c] = sum_{k < K} x[r * xr + k * xk] * y[c * yc + k * yk], summed in order of k. V is vf
+// (float32 FMAs) or vb (bf16 pairs: then each k is two terms of the sum).
+template <typename V>
+inline void block_product(const V* x, int64_t xr, int64_t xk, const V* y, int64_t yc, int64_t yk, int64_t K,
                           vf (&acc)[ROWS][COLS]) {
   for (int r = 0; r < ROWS; ++r)
     for (int c = 0; c < COLS; ++c) acc[r][c] = vf{};
   for (int64_t k = 0; k < K; ++k) {
-    vf xs[ROWS];
+    V xs[ROWS];
     for (int r = 0; r < ROWS; ++r) xs[r] = x[r * xr + k * xk];
     for (int c = 0; c < COLS; ++c) {
-      const vf yc_k = y[c * yc + k * yk];
-      for (int r = 0; r < ROWS; ++r) acc[r][c] += xs[r] * yc_k;
+      const V yc_k = y[c * yc + k * yk];
+      for (int r = 0; r < ROWS; ++r) acc[r][c] = madd(acc[r][c], xs[r], yc_k);
     }
   }
 }
@@ -205,15 +250,15 @@ inline void store(const vf (&acc)[ROWS][COLS], vf* dst, int64_t row_stride) {
     for (int c = 0; c < COLS; ++c) dst[r * row_stride + c] = acc[r][c];
 }
 
-// One head on LANES samples: row m of q (and of k, v) is the D vectors at q + m * stride, for
-// m < P.all. Rows i..i+ROWS-1 of a (P.all apart, a points at row i):
+// One head on LANES samples: row m of q (and of k, v) is the K vectors at q + m * stride (K = d',
+// or d' / 2 bf16 pairs), for m < P.all. Rows i..i+ROWS-1 of a (P.all apart, a points at row i):
 // a_ij = softmax_j <q_i, k_j> for j < M (Eq. 7-8).
-template <int D>
-void probabilities(const vf* q, const vf* k, int64_t stride, int64_t M, const Padding& P, vf* a) {
+template <int K, typename V>
+void probabilities(const V* q, const V* k, int64_t stride, int64_t M, const Padding& P, vf* a) {
   const int64_t Mp = P.all;
   for (int64_t j = 0; j < P.cols; j += COLS) {
     vf acc[ROWS][COLS];
-    block_product(q, stride, 1, k + j * stride, stride, 1, D, acc);
+    block_product(q, stride, 1, k + j * stride, stride, 1, K, acc);
     store(acc, a + j, Mp);
   }
   for (int r = 0; r < ROWS; ++r) {
@@ -246,6 +291,18 @@ void forward_head(const vf* q, const vf* k, const vf* v, int64_t stride, int64_t
   }
 }
 
+// The softmax's gradient on ROWS rows (Mp apart): ds_ij = a_ij (ds_ij - sum_k a_ik ds_ik) for j < M,
+// ds holding dO_i . v_j on entry.
+inline void softmax_backward(const vf* a, int64_t M, int64_t Mp, vf* ds) {
+  for (int r = 0; r < ROWS; ++r) {
+    const vf* ar = a + r * Mp;
+    vf* dr = ds + r * Mp;
+    vf dot = vf{};
+    for (int64_t j = 0; j < M; ++j) dot += ar[j] * dr[j];
+    for (int64_t j = 0; j < M; ++j) dr[j] = ar[j] * (dr[j] - dot);
+  }
+}
+
 // Gradients of forward_head into dq, dk, dv (laid out as q, k, v). The probabilities are
 // recomputed into `a` (cheaper than keeping B H M^2 floats between forward and backward);
 // a and ds are Mp x Mp scratch.
@@ -263,13 +320,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
       block_product(dout + i * out_stride, out_stride, 1, v + j * stride, stride, 1, D, acc);
       store(acc, dsi + j, Mp);
     }
-    for (int r = 0; r < ROWS; ++r) {
-      const vf* ar = ai + r * Mp;
-      vf* dr = dsi + r * Mp;
-      vf dot = vf{};
-      for (int64_t j = 0; j < M; ++j) dot += ar[j] * dr[j];
-      for (int64_t j = 0; j < M; ++j) dr[j] = ar[j] * (dr[j] - dot);
-    }
+    softmax_backward(ai, M, Mp, dsi);
     for (int t = 0; t < D; t += COLS) {
       vf acc[ROWS][COLS];
       block_product(dsi, Mp, 1, k + t, 1, stride, M, acc);
@@ -326,6 +377,163 @@ void backward_all(const T* x, const T* gout, int64_t B, int64_t M, int64_t H, T*
   });
 }
 
+#if defined(__AVX512BF16__)
+// The bf16 path in bf16 arithmetic. Each product needs its two operands paired along its sum:
+// scores q k^T and dO v^T along d' (q, k, v, dO "by d'", pairs m * stride + t/2), out = a v and
+// dq = ds k along j, dv = a^T dO and dk = ds^T q along i (v, k, dO, q "by fields", pairs m/2 * D + t;
+// a's and ds's rows paired for the first two, columns for the last two). A bf16 row's consecutive
+// elements t, t+1 (t even) are one 32-bit word, so gathering 32-bit words as gather gathers floats
+// gives every operand by d' directly, unconverted; by fields is one pass over it per head. a and ds
+// are computed in float32 and rounded to bf16 as they are paired.
+
+// Lane-major 32-bit words of LANES samples' first n / 2 bf16 pairs (samples `sample` elements
+// apart; n and sample even): dst[w] lane l = elements 2w, 2w+1 of sample l, lanes past `valid` 0.
+// As gather, the bits moved as they are.
+void gather_pairs(const at::BFloat16* src, int64_t sample, int64_t n, int valid, vb* dst) {
+  const int64_t words = n / 2;
+  int64_t w = 0;
+  for (; w + LANES <= words; w += LANES) {
+    __m512 r[16];
+    for (int l = 0; l < valid; ++l)
+      _mm_prefetch(reinterpret_cast<const char*>(src + l * sample + 2 * w + AHEAD<at::BFloat16>), _MM_HINT_T0);
+    for (int l = 0; l < LANES; ++l)
+      r[l] = l < valid ? _mm512_loadu_ps(reinterpret_cast<const float*>(src + l * sample + 2 * w)) : _mm512_setzero_ps();
+    transpose16(r);
+    for (int c = 0; c < LANES; ++c) std::memcpy(&dst[w + c], &r[c], sizeof(vb));
+  }
+  for (; w < words; ++w) {
+    uint32_t x[LANES] = {};
+    for (int l = 0; l < valid; ++l) std::memcpy(&x[l], src + l * sample + 2 * w, sizeof(uint32_t));
+    std::memcpy(&dst[w], x, sizeof(vb));
+  }
+}
+
+// One head's operand by d' (D/2 pairs a row, rows `stride` pairs apart) by fields: dst[p * D + t] =
+// (x_2p,t, x_2p+1,t) for p < ceil(M / 2), an odd M's last pair with 0. Rows m and m+1's words
+// (x_m,t, x_m,t+1) and (x_m+1,t, x_m+1,t+1) give words t and t+1 by their low and high halves.
+template <int D>
+void pair_by_fields(const vb* x, int64_t stride, int64_t M, vb* dst) {
+  constexpr __mmask32 HIGH = 0xAAAAAAAA;  // the high bf16 of every 32-bit word
+  for (int64_t p = 0; 2 * p < M; ++p) {
+    const vb* lo = x + 2 * p * stride;
+    const vb* hi = lo + stride;
+    for (int w = 0; w < D / 2; ++w) {
+      const __m512i a = (__m512i)lo[w], b = 2 * p + 1 < M ? (__m512i)hi[w] : _mm512_setzero_si512();
+      dst[p * D + 2 * w] = (vb)_mm512_mask_blend_epi16(HIGH, a, _mm512_slli_epi32(b, 16));
+      dst[p * D + 2 * w + 1] = (vb)_mm512_mask_blend_epi16(HIGH, _mm512_srli_epi32(a, 16), b);
+    }
+  }
+}
+
+// One head's forward as forward_head: q, k by d' (rows `stride` pairs apart, P.all of them),
+// vfld by fields; a is ROWS x Mp float32 scratch, ap ROWS x ceil(M / 2) pairs.
+template <int D>
+void forward_head_pairs(const vb* q, const vb* k, int64_t stride, const vb* vfld, int64_t M, vf* a, vb* ap, vf* out,
+                        int64_t out_stride) {
+  const Padding P(M);
+  const int64_t Mp = P.all, Mh = (M + 1) / 2;
+  for (int64_t i = 0; i < P.rows; i += ROWS) {
+    probabilities<D / 2>(q + i * stride, k, stride, M, P, a);
+    pair_up(a, Mp, 1, ROWS, M, ap, Mh, 1);
+    for (int t = 0; t < D; t += COLS) {
+      vf acc[ROWS][COLS];
+      block_product(ap, Mh, 1, vfld + t, 1, D, Mh, acc);
+      store(acc, out + i * out_stride + t, out_stride);
+    }
+  }
+}
+
+// One head's backward as backward_head: q, k, v by d' (rows `stride` pairs apart), dout by d' (rows
+// `out_stride` pairs apart), qf, kf, dof by fields; a, ds are Mp x Mp float32 scratch, dsp ROWS x
+// ceil(M / 2) pairs, ap and dsc ceil(M / 2) x Mp pairs.
+template <int D>
+void backward_head_pairs(const vb* q, const vb* k, const vb* v, int64_t stride, const vb* dout, int64_t out_stride,
+                         const vb* qf, const vb* kf, const vb* dof, int64_t M, vf* dq, vf* dk, vf* dv,
+                         int64_t grad_stride, vf* a, vf* ds, vb* dsp, vb* ap, vb* dsc) {
+  const Padding P(M);
+  const int64_t Mp = P.all, Mh = (M + 1) / 2;
+  for (int64_t i = 0; i < P.rows; i += ROWS) {
+    vf* ai = a + i * Mp;
+    vf* dsi = ds + i * Mp;
+    probabilities<D / 2>(q + i * stride, k, stride, M, P, ai);
+    for (int64_t j = 0; j < P.cols; j += COLS) {
+      vf acc[ROWS][COLS];
+      block_product(dout + i * out_stride, out_stride, 1, v + j * stride, stride, 1, D / 2, acc);
+      store(acc, dsi + j, Mp);
+    }
+    softmax_backward(ai, M, Mp, dsi);
+    pair_up(dsi, Mp, 1, ROWS, M, dsp, Mh, 1);
+    for (int t = 0; t < D; t += COLS) {
+      vf acc[ROWS][COLS];
+      block_product(dsp, Mh, 1, kf + t, 1, D, Mh, acc);
+      store(acc, dq + i * grad_stride + t, grad_stride);
+    }
+  }
+  // a's and ds's columns paired along i, for the column blocks' sums over i (rows >= M left out)
+  pair_up(a, 1, Mp, P.rows, M, ap, 1, Mp);
+  pair_up(ds, 1, Mp, P.rows, M, dsc, 1, Mp);
+  for (int64_t j = 0; j < P.rows; j += ROWS) {
+    for (int t = 0; t < D; t += COLS) {
+      vf acc[ROWS][COLS];
+      block_product(ap + j, 1, Mp, dof + t, 1, D, Mh, acc);
+      store(acc, dv + j * grad_stride + t, grad_stride);
+      block_product(dsc + j, 1, Mp, qf + t, 1, D, Mh, acc);
+      store(acc, dk + j * grad_stride + t, grad_stride);
+    }
+  }
+}
+
+// forward_all and backward_all for bf16 x with the products in bf16 arithmetic. The by-d' buffers
+// have Mp rows of C / 2 (O / 2) pairs; rows past M stay 0, as in forward_all.
+template <int D>
+void forward_all_pairs(const at::BFloat16* x, int64_t B, int64_t M, int64_t H, at::BFloat16* out) {
+  const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, Mh = (M + 1) / 2, blocks = (B + LANES - 1) / LANES;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<vb> xb(Mp * C / 2), vfld(Mh * D), ap(ROWS * Mh);
+    std::vector<vf> ob(Mp * O), a(ROWS * Mp);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b0 = blk * LANES;
+      const int valid = static_cast<int>(std::min<int64_t>(LANES, B - b0));
+      gather_pairs(x + b0 * M * C, M * C, M * C, valid, xb.data());
+      for (int64_t h = 0; h < H; ++h) {
+        pair_by_fields<D>(xb.data() + (2 * H + h) * D / 2, C / 2, M, vfld.data());
+        forward_head_pairs<D>(xb.data() + h * D / 2, xb.data() + (H + h) * D / 2, C / 2, vfld.data(), M, a.data(),
+                              ap.data(), ob.data() + h * D, O);
+      }
+      scatter(ob.data(), M * O, valid, out + b0 * M * O, M * O);
+    }
+  });
+}
+
+template <int D>
+void backward_all_pairs(const at::BFloat16* x, const at::BFloat16* gout, int64_t B, int64_t M, int64_t H,
+                        at::BFloat16* grad) {
+  const int64_t C = 3 * H * D, O = H * D, Mp = Padding(M).all, Mh = (M + 1) / 2, blocks = (B + LANES - 1) / LANES;
+  at::parallel_for(0, blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<vb> xb(Mp * C / 2), gb(Mp * O / 2), qf(Mh * D), kf(Mh * D), dof(Mh * D), dsp(ROWS * Mh), ap(Mh * Mp),
+        dsc(Mh * Mp);
+    std::vector<vf> db(Mp * C), a(Mp * Mp), ds(Mp * Mp);
+    for (int64_t blk = begin; blk < end; ++blk) {
+      const int64_t b0 = blk * LANES;
+      const int valid = static_cast<int>(std::min<int64_t>(LANES, B - b0));
+      gather_pairs(x + b0 * M * C, M * C, M * C, valid, xb.data());
+      gather_pairs(gout + b0 * M * O, M * O, M * O, valid, gb.data());
+      for (int64_t h = 0; h < H; ++h) {
+        const vb *q = xb.data() + h * D / 2, *k = xb.data() + (H + h) * D / 2, *v = xb.data() + (2 * H + h) * D / 2,
+                 *dout = gb.data() + h * D / 2;
+        pair_by_fields<D>(q, C / 2, M, qf.data());
+        pair_by_fields<D>(k, C / 2, M, kf.data());
+        pair_by_fields<D>(dout, O / 2, M, dof.data());
+        backward_head_pairs<D>(q, k, v, C / 2, dout, O / 2, qf.data(), kf.data(), dof.data(), M, db.data() + h * D,
+                               db.data() + (H + h) * D, db.data() + (2 * H + h) * D, C, a.data(), ds.data(),
+                               dsp.data(), ap.data(), dsc.data());
+      }
+      scatter(db.data(), M * C, valid, grad + b0 * M * C, M * C);
+    }
+  });
+}
+#endif
+
 #define DISPATCH_HEAD_DIM(d, FN, ...)                                                            \
   switch (d) {                                                                                   \
     case 4: FN<4>(__VA_ARGS__); break;                                                           \
@@ -348,13 +556,36 @@ void check_qkv(const at::Tensor& qkv, int64_t heads, int64_t head_dim) {
 
 template <typename T>
 void forward_typed(const at::Tensor& qkv, int64_t heads, int64_t head_dim, at::Tensor& out) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    DISPATCH_HEAD_DIM(head_dim, forward_all_pairs, qkv.data_ptr<T>(), qkv.size(0), qkv.size(1), heads,
+                      out.data_ptr<T>());
+    return;
+  }
+#endif
   DISPATCH_HEAD_DIM(head_dim, forward_all, qkv.data_ptr<T>(), qkv.size(0), qkv.size(1), heads, out.data_ptr<T>());
 }
 
 template <typename T>
 void backward_typed(const at::Tensor& gout, const at::Tensor& qkv, int64_t heads, int64_t head_dim, at::Tensor& grad) {
+#if defined(__AVX512BF16__)
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    DISPATCH_HEAD_DIM(head_dim, backward_all_pairs, qkv.data_ptr<T>(), gout.data_ptr<T>(), qkv.size(0), qkv.size(1),
+                      heads, grad.data_ptr<T>());
+    return;
+  }
+#endif
   DISPATCH_HEAD_DIM(head_dim, backward_all, qkv.data_ptr<T>(), gout.data_ptr<T>(), qkv.size(0), qkv.size(1), heads,
                     grad.data_ptr<T>());
+}
+
+// Whether bf16 input is attended in bf16 arithmetic (this build targets AVX512-BF16).
+bool bf16_arithmetic() {
+#if defined(__AVX512BF16__)
+  return true;
+#else
+  return false;
+#endif
 }
 
 // qkv: B x M x 3Hd (columns q_1..q_H, k_1..k_H, v_1..v_H) -> B x M x Hd of qkv's dtype. A bf16
@@ -394,6 +625,7 @@ at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor
 TORCH_LIBRARY(iarm, m) {
   m.def("field_attention_forward(Tensor qkv, int heads, int head_dim) -> Tensor");
   m.def("field_attention_backward(Tensor grad_out, Tensor qkv, int heads, int head_dim) -> Tensor");
+  m.def("field_attention_bf16_arithmetic() -> bool", &bf16_arithmetic);
 }
 
 TORCH_LIBRARY_IMPL(iarm, CPU, m) {

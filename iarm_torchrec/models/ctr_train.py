@@ -65,7 +65,8 @@ class CTRTrain(nn.Module):
         precision: ``fp32`` (the default: everything in float32), or ``bf16`` / ``fp16``: the
             model's forward runs under ``torch.autocast`` in that type (the dense arches'
             matrix products; embedding lookups and FBGEMM's kernels stay float32, and the CPU
-            attention kernel takes and returns bf16 but attends in float32), while the
+            attention kernel takes and returns bf16, multiplying in bf16 where the CPU has
+            AVX512-BF16 and in float32 elsewhere), while the
             parameters (master weights), the logits and the loss stay float32. ``fp16`` is for
             CUDA only (CPU autocast has no float16 benefit).
         device_type: where the model will run (``cpu`` or ``cuda``), for ``torch.autocast``;
