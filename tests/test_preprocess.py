@@ -170,6 +170,39 @@ def test_encode_new_file_with_existing_vocab(tmp_path: Path) -> None:
     assert FeatureSpec.load(tmp_path / "e") == enc
 
 
+def test_encoding_a_few_chunks_runs_them_on_threads_with_the_same_bytes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Below ENCODE_CHUNKS_PER_WORKER chunks a worker, encode spreads the chunks over threads of
+    its own process (no spawned worker, which would import torch first) and writes exactly what
+    one thread writes."""
+    import threading
+
+    import iarm_torchrec.data.preprocess as preprocess_module
+    from iarm_torchrec.data.synthetic import TSV_DIR, make_synthetic_dataset
+
+    data = Path(make_synthetic_dataset(tmp_path / "syn", rows=4000, seed=0))
+    source = str(data / TSV_DIR / "train.txt")
+    encode(source, str(data), str(tmp_path / "one"), workers=1, chunk_mb=0.1)
+
+    def no_processes(*args: object, **kwargs: object) -> None:
+        raise AssertionError("encode spawned worker processes for a few chunks")
+
+    monkeypatch.setattr(preprocess_module.multiprocessing, "get_context", no_processes)
+    encoders = set()
+    encode_chunk = preprocess_module._encode_chunk
+
+    def recording(*args: object):  # type: ignore[no-untyped-def]
+        encoders.add(threading.current_thread().name)
+        return encode_chunk(*args)
+
+    monkeypatch.setattr(preprocess_module, "_encode_chunk", recording)
+    spec = encode(source, str(data), str(tmp_path / "two"), workers=2, chunk_mb=0.1)
+    assert spec.rows == {"test": 4000} and len(encoders) == 2 and threading.current_thread().name not in encoders
+    files = sorted(p.relative_to(tmp_path / "one") for p in (tmp_path / "one").rglob("*.npy"))
+    assert len(files) >= 3 * 8  # several parts, each with its arrays
+    for f in files:
+        assert (tmp_path / "one" / f).read_bytes() == (tmp_path / "two" / f).read_bytes(), f
+
+
 def test_movielens_1m_paper_and_constant_timestamp(tmp_path: Path) -> None:
     spec = preprocess("movielens-1m", str(shared_data("movielens-1m")), str(tmp_path / "d"), test_ratio=0.2)
     assert sum(spec.rows.values()) == 739_012 and sum(spec.options["positives"].values()) == 575_281
