@@ -10,7 +10,7 @@ results must be exactly the float32 kernel's on the widened input, rounded to bf
 """
 
 import logging
-from typing import Tuple
+from typing import List, Tuple
 
 import pytest
 import torch
@@ -158,20 +158,27 @@ def test_failed_build_warns_once_and_falls_back(monkeypatch: pytest.MonkeyPatch,
     assert torch.equal(multi_head_attention(x, 2, 8), matmul_attention(x, 2, 8))
 
 
+def _on_one_and_two_threads(
+    qkv: torch.Tensor, grad: torch.Tensor, heads: int, head_dim: int
+) -> List[Tuple[torch.Tensor, torch.Tensor]]:
+    """The kernel's output and ``qkv``'s gradient with 1, then 2 torch threads."""
+    threads = torch.get_num_threads()
+    results = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            results.append(_forward_backward(fa.field_attention, qkv, grad, heads, head_dim))
+    finally:
+        torch.set_num_threads(threads)
+    return results
+
+
 def test_same_result_for_any_thread_count_and_layout() -> None:
     """Samples are independent blocks, so the thread count cannot change a bit; a non-contiguous
     input is copied, not misread."""
     torch.manual_seed(5)
     qkv = torch.randn(70, 39, 3 * 2 * 8)
-    grad = torch.randn(70, 39, 16)
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _forward_backward(fa.field_attention, qkv, grad, 2, 8)
-        torch.set_num_threads(2)
-        two = _forward_backward(fa.field_attention, qkv, grad, 2, 8)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(qkv, torch.randn(70, 39, 16), 2, 8)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
     strided = qkv.transpose(0, 1).contiguous().transpose(0, 1)  # same values, not contiguous
     assert not strided.is_contiguous()
@@ -269,15 +276,7 @@ def test_bf16_arithmetic_every_field_count_across_the_padding(head_dim: int) -> 
 def test_bf16_arithmetic_same_result_for_any_thread_count() -> None:
     torch.manual_seed(6)
     qkv = (torch.randn(70, 39, 3 * 2 * 32) / 32**0.25).bfloat16()
-    grad = torch.randn(70, 39, 64).bfloat16()
-    threads = torch.get_num_threads()
-    try:
-        torch.set_num_threads(1)
-        one = _forward_backward(fa.field_attention, qkv, grad, 2, 32)
-        torch.set_num_threads(2)
-        two = _forward_backward(fa.field_attention, qkv, grad, 2, 32)
-    finally:
-        torch.set_num_threads(threads)
+    one, two = _on_one_and_two_threads(qkv, torch.randn(70, 39, 64).bfloat16(), 2, 32)
     assert torch.equal(one[0], two[0]) and torch.equal(one[1], two[1])
 
 
