@@ -4,21 +4,22 @@
 format (labelled, or not with ``--unlabelled``, e.g. Criteo's ``test.txt``), encodes it with
 the vocabulary and numeric statistics saved in ``FILE`` (the data side's
 :func:`~iarm_torchrec.data.preprocess.encode`), runs the model in batches and writes one
-click probability per input row, in input order: every input row gets its line.
-
-Scoring runs ``threads`` batches at once, each on its own thread computing with one core
-(``--threads``, default torch's thread count: ``OMP_NUM_THREADS`` or the machine's cores),
-rather than one batch at a time with every op split across the cores. A CTR forward is a chain
-of short ops (GEMMs of a few milliseconds, the attention kernel, small element-wise passes): split
-across cores each op ends in a barrier where the cores wait for the slowest, and on a machine
-running anything else that wait dominates (docs/performance.md). The scores are the same either
-way; memory holds ``threads`` batches' activations instead of one. MovieLens rows
+click probability per input row, in input order: every input row gets its line. MovieLens rows
 with rating 3, which the training protocol drops (no click label), are scored too; their count
 is reported (a warning, and ``spec.options["neutral_rows"]`` of the encoded rows). A bad input row
 stops with ``FILE:LINE: ...`` (there is no skipping, so no row can go missing).
 ``FILE`` is either ``iarm export``'s file
 (float weights, the model rebuilt by this package) or ``iarm export --serving``'s artifact (the
 quantized TorchScript module, :mod:`~iarm_torchrec.inference.serving`); the format is detected.
+
+Scoring runs ``threads`` batches at once, each on its own thread computing with one core
+(``--threads``, default torch's thread count: ``OMP_NUM_THREADS`` or the machine's cores),
+rather than one batch at a time with every op split across the cores. A CTR forward is a chain
+of short ops (GEMMs of a few milliseconds, the attention kernel, small element-wise passes): split
+across cores each op ends in a barrier where the cores wait for the slowest, and on a machine
+running anything else that wait dominates (a loaded 2-core machine: 2.5-4x end to end; a quiet one:
+level within the noise, docs/performance.md). The scores are the same either
+way; memory holds ``threads`` batches' activations instead of one.
 """
 
 import logging
