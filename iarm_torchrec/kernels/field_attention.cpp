@@ -303,6 +303,24 @@ inline void softmax_backward(const vf* a, int64_t M, int64_t Mp, vf* ds) {
   }
 }
 
+// The backward's column blocks: dV_j = sum_i a_ij dO_i and dK_j = sum_i dS_ij q_i for the first
+// `rows` fields j (ROWS at a time), written `grad_stride` vectors apart. a and ds are indexed [i][j]
+// (Mp apart), dO and q [i][t] (their own strides), each sum running over K entries i (V = vf) or K
+// pairs of them (V = vb).
+template <int D, typename V>
+inline void column_blocks(const V* a, const V* ds, int64_t Mp, const V* dout, int64_t dout_stride, const V* q,
+                          int64_t q_stride, int64_t K, int64_t rows, vf* dv, vf* dk, int64_t grad_stride) {
+  for (int64_t j = 0; j < rows; j += ROWS) {
+    for (int t = 0; t < D; t += COLS) {
+      vf acc[ROWS][COLS];
+      block_product(a + j, 1, Mp, dout + t, 1, dout_stride, K, acc);
+      store(acc, dv + j * grad_stride + t, grad_stride);
+      block_product(ds + j, 1, Mp, q + t, 1, q_stride, K, acc);
+      store(acc, dk + j * grad_stride + t, grad_stride);
+    }
+  }
+}
+
 // Gradients of forward_head into dq, dk, dv (laid out as q, k, v). The probabilities are
 // recomputed into `a` (cheaper than keeping B H M^2 floats between forward and backward);
 // a and ds are Mp x Mp scratch.
@@ -327,15 +345,7 @@ void backward_head(const vf* q, const vf* k, const vf* v, int64_t stride, const 
       store(acc, dq + i * stride + t, stride);
     }
   }
-  for (int64_t j = 0; j < P.rows; j += ROWS) {  // column blocks: dV_j = sum_i a_ij dO_i, dK_j = sum_i dS_ij q_i
-    for (int t = 0; t < D; t += COLS) {
-      vf acc[ROWS][COLS];
-      block_product(a + j, 1, Mp, dout + t, 1, out_stride, M, acc);
-      store(acc, dv + j * stride + t, stride);
-      block_product(ds + j, 1, Mp, q + t, 1, stride, M, acc);
-      store(acc, dk + j * stride + t, stride);
-    }
-  }
+  column_blocks<D>(a, ds, Mp, dout, out_stride, q, stride, M, P.rows, dv, dk, stride);
 }
 
 // Block of LANES samples per task; x's columns [q_1..q_H, k_1..k_H, v_1..v_H], each D wide.
@@ -472,15 +482,7 @@ void backward_head_pairs(const vb* q, const vb* k, const vb* v, int64_t stride, 
   // a's and ds's columns paired along i, for the column blocks' sums over i (rows >= M left out)
   pair_up(a, 1, Mp, P.rows, M, ap, 1, Mp);
   pair_up(ds, 1, Mp, P.rows, M, dsc, 1, Mp);
-  for (int64_t j = 0; j < P.rows; j += ROWS) {
-    for (int t = 0; t < D; t += COLS) {
-      vf acc[ROWS][COLS];
-      block_product(ap + j, 1, Mp, dof + t, 1, D, Mh, acc);
-      store(acc, dv + j * grad_stride + t, grad_stride);
-      block_product(dsc + j, 1, Mp, qf + t, 1, D, Mh, acc);
-      store(acc, dk + j * grad_stride + t, grad_stride);
-    }
-  }
+  column_blocks<D>(ap, dsc, Mp, dof, D, qf, D, Mh, P.rows, dv, dk, grad_stride);
 }
 
 // forward_all and backward_all for bf16 x with the products in bf16 arithmetic. The by-d' buffers
