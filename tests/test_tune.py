@@ -48,6 +48,20 @@ def test_tune_searches_prunes_resumes_and_writes_a_train_config(tmp_path: Path) 
     assert len(fake.calls) == 10 and again["trials"]["complete"] + again["trials"]["pruned"] == 10
 
 
+def test_a_study_cut_off_in_its_first_trial_starts_again_at_the_defaults(tmp_path: Path) -> None:
+    class CutOff(FakeTrain):
+        def __call__(self, settings: TrainSettings, epoch_callbacks: Any = (), test: bool = True) -> Dict[str, Any]:
+            raise KeyboardInterrupt  # what Ctrl-C or a killed job leaves: the trial RUNNING in the study
+
+    with pytest.raises(KeyboardInterrupt):
+        tune(BASE, "iarm", tmp_path, trials=3, train=CutOff())
+    fake = FakeTrain()
+    summary = tune(BASE, "iarm", tmp_path, trials=3, train=fake)
+    assert len(fake.calls) == 3 and summary["trials"]["complete"] + summary["trials"]["pruned"] == 3
+    start = TrainSettings(model="iarm")
+    assert fake.calls[0]["lr"] == BASE.lr and fake.calls[0]["model_config"] == start.model_config
+
+
 def test_every_search_space_draws_valid_settings_and_starts_at_the_defaults(tmp_path: Path) -> None:
     import optuna
 

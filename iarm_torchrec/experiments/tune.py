@@ -198,8 +198,9 @@ def tune(
     for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # cut off by an interruption
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
-    if not study.trials:  # the first trial measures the starting point, so tuning never ends below it
-        study.enqueue_trial({**_start(base), **space.start})
+    waiting = study.get_trials(states=(optuna.trial.TrialState.WAITING,))
+    if done == 0 and not waiting:  # the first trial measures the starting point, so tuning never ends below it
+        study.enqueue_trial({**_start(base), **space.start})  # (again, if an interruption cut it off)
 
     def objective(trial: Any) -> float:
         settings = trial_settings(base, space, trial, study_dir)
