@@ -268,6 +268,43 @@ def test_eq7_11_interacting_layers_match_per_head_reference(use_attention: bool,
         torch.testing.assert_close(got[b], torch.stack(e), atol=ATOL, rtol=0)
 
 
+@pytest.mark.parametrize(
+    "kwargs",
+    [{}, {"use_attention": False}, {"use_residual": False}, {"layer_norm": True}],
+    ids=["IARM", "IRM", "IARM-", "layer-norm"],
+)
+def test_eq11_backward_matches_out_of_place_reference_without_copying_the_gradient(kwargs: Dict[str, bool]) -> None:
+    """The layer's in-place ReLU is on a tensor that is no view, so autograd adds no CopySlices
+    node (which copies the gradient three times per layer), and its gradients are those of the
+    out-of-place Eq. 7-11."""
+    torch.manual_seed(0)
+    layer = InteractingLayer(in_dim=D, num_heads=H, head_dim=HEAD_DIM, **kwargs).double()
+    fields = torch.randn(4, 5, D, dtype=torch.float64, requires_grad=True)
+    weight = torch.randn(4, 5, H * HEAD_DIM, dtype=torch.float64)
+    out = layer(fields)
+    pending, seen = [out.grad_fn], set()
+    while pending:  # every node of the layer's backward graph
+        node = pending.pop()
+        if node is None or node in seen:
+            continue
+        seen.add(node)
+        assert type(node).__name__ not in ("CopySlices", "AsStridedBackward0"), type(node).__name__
+        pending.extend(next_node for next_node, _ in node.next_functions)
+    got = torch.autograd.grad((out * weight).sum(), [fields, *layer.parameters()])
+
+    pre = torch.zeros(4, 5, H * HEAD_DIM, dtype=torch.float64)
+    if layer.qkv is not None:
+        pre = pre + matmul_attention(layer.qkv(fields), H, HEAD_DIM)
+    if layer.residual is not None:
+        pre = pre + layer.residual(fields)
+    if layer.layer_norm is not None:
+        pre = layer.layer_norm(pre)
+    want = torch.autograd.grad((torch.relu(pre) * weight).sum(), [fields, *layer.parameters()])
+    torch.testing.assert_close(out, torch.relu(pre), atol=ATOL, rtol=0)
+    for g, w in zip(got, want):
+        torch.testing.assert_close(g, w, atol=ATOL, rtol=0)
+
+
 def test_eq8_score_is_unscaled_inner_product() -> None:
     """A scaled (1/sqrt(d')) softmax would differ: the check above is not vacuous."""
     model = make_model()

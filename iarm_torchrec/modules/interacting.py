@@ -193,21 +193,25 @@ class InteractingLayer(nn.Module):
                 out = self._add_residual(out, fields)
         if self.layer_norm is not None:
             out = self.layer_norm(out)
-        return torch.relu_(out)  # in place: no backward here needs the pre-activation
+        # ReLU in place (no backward here needs the pre-activation) on a tensor that is not a view:
+        # in place on a view, autograd would copy the gradient three times per layer (CopySlices)
+        return torch.relu_(out).view(fields.shape[0], fields.shape[1], self.output_dim)
 
     def _add_residual(self, out: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
-        """``out + W_Res e_m`` (Eq. 11) as one GEMM that accumulates onto ``out`` (``addmm``,
-        beta = 1): no ``B x M x H d'`` temporary and no separate add pass. Without autograd
-        (scoring) it accumulates into ``out``'s own memory (``addmm_``; 1.13x a 3-layer forward
-        at B = 1024, d' = 32); with autograd into a new tensor, since in place on ``out``'s 2-D
-        view the backward would copy the gradient back (``CopySlices``). The operands take
-        ``out``'s dtype (under autocast ``addmm`` computes in the autocast type either way)."""
+        """``out + W_Res e_m`` (Eq. 11), ``B M x H d'``, as one GEMM that accumulates onto ``out``
+        (``addmm``, beta = 1): no ``B x M x H d'`` temporary and no separate add pass. Without
+        autograd (scoring) it accumulates into ``out``'s own memory (``addmm_``; 1.13x a 3-layer
+        forward at B = 1024, d' = 32); with autograd into a new tensor, since in place on ``out``'s
+        2-D view the backward would copy the gradient back (``CopySlices``). The result is 2-D
+        (not a view of a 2-D result) for the same reason: :meth:`forward`'s in-place ReLU. The
+        operands take ``out``'s dtype (under autocast ``addmm`` computes in the autocast type
+        either way)."""
         assert self.residual is not None
         flat = out.flatten(0, 1)  # B M x H d'
         residual_in, weight = fields.flatten(0, 1).to(out.dtype), self.residual.weight.t().to(out.dtype)
         if torch.is_grad_enabled():
-            return torch.addmm(flat, residual_in, weight).view(out.shape)
-        return flat.addmm_(residual_in, weight).view(out.shape)
+            return torch.addmm(flat, residual_in, weight)
+        return flat.addmm_(residual_in, weight)
 
     def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
         """The ``alpha`` of Eq. 7 for the explanations of Fig. 5.
