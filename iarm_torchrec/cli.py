@@ -100,9 +100,11 @@ def _predict_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=int, default=SCORING_BATCH_SIZE,
                         help=f"rows scored at once (default {SCORING_BATCH_SIZE}; on CPU larger batches are no faster "
                         "and take more memory)")
-    parser.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
-                        help="the dense arches' compute type while scoring: bf16 autocast (CPUs with AVX512-BF16/AMX, "
-                        "GPUs) or fp32 (default); the embeddings stay float32 and the attention computes in float32")
+    parser.add_argument("--precision", choices=["fp32", "bf16", "auto"], default=None,
+                        help="the dense arches' compute type while scoring: fp32, bf16 autocast (CPUs with "
+                        "AVX512-BF16/AMX), or auto (bf16 where the CPU computes it natively); default: the model's "
+                        "training precision as its export records it (fp32 for exports that do not); the "
+                        "embeddings stay float32")
     parser.add_argument("--threads", type=int, default=None,
                         help="batches scored at once, each on one core (default: torch's thread count, i.e. "
                         "OMP_NUM_THREADS or the machine's cores)")

@@ -12,12 +12,14 @@ import torch
 from iarm_torchrec.cli import main as iarm
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.synthetic import TSV_DIR
-from iarm_torchrec.inference.export import FORMAT, export_run, load_exported
-from iarm_torchrec.inference.predict import predict
+from iarm_torchrec.inference.export import FORMAT, export_run, load_exported, read_export
+from iarm_torchrec.inference.predict import predict, scoring_precision
+from iarm_torchrec.integrity import sha256_of_tree
+from iarm_torchrec.models.ctr_train import native_bf16
 from iarm_torchrec.models.iarm import IARM
 from iarm_torchrec.train.checkpoint import CheckpointError
 from iarm_torchrec.train.evaluate import binary_metrics
-from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE
+from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE, SETTINGS_FILE
 from train_utils import checkpointed_run
 
 
@@ -176,6 +178,32 @@ def test_scoring_threads_give_the_same_bytes(exported: Path, data_dir: Path, tmp
     assert outputs[1] == outputs[3] and outputs[1].count(b"\n") == len(_test_rows(data_dir))
     with pytest.raises(ValueError, match="threads must be at least 1, got 0"):
         predict(exported, rows, tmp_path / "never.txt", labelled=False, threads=0, progress=False)
+
+
+def test_predict_scores_in_the_precision_the_model_was_trained_in(exported: Path, run: Path, data_dir: Path,
+                                                                  tmp_path: Path) -> None:
+    """The export records its run's precision; ``iarm predict`` computes in it unless told
+    otherwise (``auto``: bf16 where the CPU computes it natively; ``fp16``, CUDA training, as fp32)."""
+    payload = read_export(exported)
+    assert payload["training_run"]["precision"] == json.loads((run / SETTINGS_FILE).read_text())["precision"] == "fp32"
+    payload["training_run"]["precision"] = "bf16"  # what the export of a --precision bf16 run records
+    payload["sha256"] = sha256_of_tree(payload)
+    trained_bf16 = tmp_path / "bf16.pt"
+    torch.save(payload, trained_bf16)
+    rows = tmp_path / "rows.txt"
+    rows.write_bytes(b"".join(r.split(b"\t", 1)[1] for r in _test_rows(data_dir)))
+    written = {}
+    for name, model, flags in (("default, trained bf16", trained_bf16, []), ("asked bf16", exported, ["--precision", "bf16"]),
+                               ("default, trained fp32", exported, []), ("asked fp32", trained_bf16, ["--precision", "fp32"])):
+        out = tmp_path / f"{len(written)}.txt"
+        assert iarm(["predict", "--model", str(model), "--input", str(rows), "--out", str(out), "--unlabelled", *flags]) == 0
+        written[name] = out.read_bytes()
+    assert written["default, trained bf16"] == written["asked bf16"] != written["default, trained fp32"]
+    assert written["default, trained fp32"] == written["asked fp32"]
+    assert scoring_precision(None, "auto") == ("bf16" if native_bf16("cpu") else "fp32")
+    assert scoring_precision(None, "fp16") == "fp32" and scoring_precision("fp32", "bf16") == "fp32"
+    with pytest.raises(ValueError, match="precision must be one of"):
+        scoring_precision("fp16", "fp32")
 
 
 def test_scored_in_order_runs_batches_at_once_on_one_core_each() -> None:

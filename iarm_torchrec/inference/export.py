@@ -68,7 +68,7 @@ def export_payload(run_dir: PathLike, checkpoint: Optional[PathLike] = None) -> 
     # training's modules only here and in best_checkpoint: reading an export (iarm predict,
     # serving) does not import them (torchmetrics and the sharding planners: ~0.5 s of start-up)
     from iarm_torchrec.train.checkpoint import CheckpointManager
-    from iarm_torchrec.train.layout import METRICS_FILE, MODEL_FILE, RUN_FILE
+    from iarm_torchrec.train.layout import METRICS_FILE, MODEL_FILE, RUN_FILE, SETTINGS_FILE
 
     run_dir = Path(run_dir)
     for name in (MODEL_FILE, SPEC_FILE, RUN_FILE):
@@ -83,6 +83,7 @@ def export_payload(run_dir: PathLike, checkpoint: Optional[PathLike] = None) -> 
         raise FileNotFoundError(f"{data_dir}: the run's preprocessed data (named in {run_dir / RUN_FILE}) is gone; "
                                 "export needs its vocabularies: rerun iarm train to rebuild it")
     metrics = json.loads((run_dir / METRICS_FILE).read_text()) if (run_dir / METRICS_FILE).is_file() else {}
+    settings = json.loads((run_dir / SETTINGS_FILE).read_text()) if (run_dir / SETTINGS_FILE).is_file() else {}
     return {
         "format": FORMAT,
         "model_config": model_config,
@@ -94,6 +95,9 @@ def export_payload(run_dir: PathLike, checkpoint: Optional[PathLike] = None) -> 
             "run_dir": str(run_dir.resolve()),
             "checkpoint": path.name,
             **{k: metrics[k] for k in ("test_auc", "test_logloss", "best_epoch") if isinstance(metrics.get(k), (int, float))},
+            # the dense arches' compute type in training (as asked: "auto" stays "auto"), which
+            # iarm predict scores in by default
+            **({"precision": settings["precision"]} if isinstance(settings.get("precision"), str) else {}),
         },
     }
 

@@ -42,20 +42,44 @@ from iarm_torchrec.files import PathLike, atomic_write_text
 from iarm_torchrec.inference import SCORING_BATCH_SIZE
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 from iarm_torchrec.inference.serving import ServingArtifact, is_serving_artifact
+from iarm_torchrec.models.ctr_train import resolve_precision
 
 Scorer = Callable[[torch.Tensor, object], torch.Tensor]  # (dense, KJT) -> probabilities
 
 
-def _scorer(model_file: PathLike, data_dir: Path) -> Tuple[Scorer, str]:
-    """The probability function of ``model_file`` and its kind; writes its data files to ``data_dir``."""
+PRECISIONS = ("fp32", "bf16", "auto")
+"""``iarm predict --precision``; by default the model's training precision (:func:`scoring_precision`)."""
+
+
+def _scorer(model_file: PathLike, data_dir: Path) -> Tuple[Scorer, str, str]:
+    """The probability function of ``model_file``, its kind, and the precision it was trained in
+    (``fp32`` where the file does not record it: serving artifacts, exports made before it was
+    recorded); writes its data files to ``data_dir``."""
     if is_serving_artifact(model_file):
         artifact = ServingArtifact.load(model_file)
         artifact.write_data_files(data_dir)
-        return artifact.module, "serving"
+        return artifact.module, "serving", "fp32"
     payload = read_export(model_file)
     model = model_from_payload(payload)
     write_data_files(payload, data_dir)
-    return (lambda dense, kjt: torch.sigmoid(model(dense, kjt).float())), "export"
+    trained = payload.get("training_run", {}).get("precision", "fp32")
+    return (lambda dense, kjt: torch.sigmoid(model(dense, kjt).float())), "export", trained
+
+
+def scoring_precision(asked: Optional[str], trained: str) -> str:
+    """The dense arches' compute type for scoring on CPU: ``asked`` if given, else the model's
+    training precision ``trained``; ``auto`` becomes bf16 where the CPU computes it natively
+    (AVX512-BF16/AMX, as training's ``auto``), and ``fp16`` (CUDA training only) fp32.
+
+    Example::
+
+        >>> scoring_precision("fp32", "bf16"), scoring_precision(None, "bf16"), scoring_precision(None, "fp16")
+        ('fp32', 'bf16', 'fp32')
+    """
+    if asked is not None and asked not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {asked!r}")
+    resolved = resolve_precision(trained if asked is None else asked, "cpu")
+    return "fp32" if resolved == "fp16" else resolved
 
 
 def predict(
@@ -65,21 +89,24 @@ def predict(
     labelled: bool = True,
     batch_size: int = SCORING_BATCH_SIZE,
     progress: bool = True,
-    precision: str = "fp32",
+    precision: Optional[str] = None,
     threads: Optional[int] = None,
 ) -> torch.Tensor:
     """Write ``input_file``'s click probabilities to ``out_file`` (one per line, ``%.6g``, one
-    line per input row) and return them. ``precision="bf16"`` scores under bf16 autocast (the
-    dense arches' matrix products), as training's ``--precision bf16``. ``threads`` batches are
-    scored at once, one core each (default ``torch.get_num_threads()``)."""
-    if precision not in ("fp32", "bf16"):
-        raise ValueError(f"precision must be fp32 or bf16, got {precision!r}")
+    line per input row) and return them. ``precision`` is the dense arches' compute type
+    (:func:`scoring_precision`: by default the one the model was trained in; ``bf16`` scores under
+    bf16 autocast, as training's ``--precision bf16``). ``threads`` batches are scored at once,
+    one core each (default ``torch.get_num_threads()``)."""
+    if precision is not None and precision not in PRECISIONS:
+        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     threads = torch.get_num_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
     with tempfile.TemporaryDirectory(prefix="iarm-predict-") as tmp:
         data_dir = Path(tmp) / "data"
-        score, _ = _scorer(model_file, data_dir)
+        score, _, trained = _scorer(model_file, data_dir)
+        precision = scoring_precision(precision, trained)
+        logger.info("scoring in %s (the model was trained in %s)", precision, trained)
         encoded = Path(tmp) / "encoded"
         spec = encode(str(input_file), str(data_dir), str(encoded), labelled=labelled, split_name="test", keep_neutral=True)
         _report_neutral(spec, str(input_file))
