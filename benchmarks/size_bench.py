@@ -87,6 +87,9 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--ranks", default="2", help="also IARM as this many ranks x threads/ranks (empty: no)")
     p.add_argument("--rank-runners", default="iarm_rwadagrad", help="the runners that --ranks also runs")
     p.add_argument("--predict", action="store_true")
+    p.add_argument("--predict-precision", default="fp32", choices=["fp32", "bf16"],
+                   help="the scored model's training precision (predict computes in it); compared with the training "
+                        "runner of that precision (iarm_rwadagrad or iarm_rwadagrad_bf16)")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--name", default="train_d32")
@@ -97,6 +100,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     for key in ("rows", "data_root", "threads", "head_dim", "max_steps"):
         setattr(targs, key, getattr(args, key))
     targs.embedding_dim, targs.num_layers, targs.num_heads = 16, 3, 2
+    targs.predict_precision = args.predict_precision
     from _common import machine
     from iarm_torchrec.data.spec import FeatureSpec
 
@@ -153,6 +157,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     return 0
 
 
+PREDICT_AGAINST = {"fp32": "iarm_rwadagrad", "bf16": "iarm_rwadagrad_bf16"}
+"""The training runner whose samples/s ``iarm predict``'s rows/s are compared with, by the scored model's precision."""
+
+
 def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
     ok = [g for g in report["gemm"] if "fp32_gflops" in g]
     fp32 = max((g["fp32_gflops"] for g in ok), default=None)
@@ -180,12 +188,14 @@ def summarize(report: Dict[str, Any]) -> Dict[str, Any]:
     out: Dict[str, Any] = {"fp32_limit_gflops": fp32, "bf16_limit_gflops": bf16, "rows": rows,
                            "iarm_fp32_limit_samples_per_s": fp32 * 1e9 / flops if fp32 else None}
     pred = report.get("predict") or {}
-    if pred.get("by_batch_size") and "iarm_rwadagrad" in rows:
-        out["predict_x_training"] = {b: v["rows_per_s"] / rows["iarm_rwadagrad"]["samples_per_s"] for b, v in pred["by_batch_size"].items()}
-        out["predict_marginal_x_training"] = {b: v["marginal_rows_per_s"] / rows["iarm_rwadagrad"]["samples_per_s"]
-                                              for b, v in pred["by_batch_size"].items()}
-        out["predict_x10_x_training"] = {b: v["rows_per_s_x10"] / rows["iarm_rwadagrad"]["samples_per_s"]
-                                         for b, v in pred["by_batch_size"].items() if "rows_per_s_x10" in v}
+    trained = PREDICT_AGAINST[pred.get("precision", "fp32")]  # the training runner of the scored model's precision
+    if pred.get("by_batch_size") and trained in rows:
+        rate = rows[trained]["samples_per_s"]
+        out["predict_against"] = trained
+        out["predict_x_training"] = {b: v["rows_per_s"] / rate for b, v in pred["by_batch_size"].items()}
+        out["predict_marginal_x_training"] = {b: v["marginal_rows_per_s"] / rate for b, v in pred["by_batch_size"].items()}
+        out["predict_x10_x_training"] = {b: v["rows_per_s_x10"] / rate for b, v in pred["by_batch_size"].items()
+                                         if "rows_per_s_x10" in v}
     return out
 
 
@@ -221,10 +231,11 @@ def markdown(report: Dict[str, Any]) -> str:
         lines.append(f"\nFAILED {r['runner']} seed {r['seed']}: {r.get('error')}")
     pred = report.get("predict")
     if pred and pred.get("by_batch_size"):
-        lines += ["", "## Scoring (`iarm predict --unlabelled`, same model size)", ""]
+        lines += ["", f"## Scoring (`iarm predict --unlabelled`, same model size, trained and scored in "
+                  f"{pred.get('precision', 'fp32')})", ""]
         for b, v in pred["by_batch_size"].items():
             lines.append(f"- batch {b}: {v['rows']:,} rows in {v['seconds']} s = {v['rows_per_s']:,.0f} rows/s end to end "
-                         f"({s.get('predict_x_training', {}).get(b, 0):.2f}x IARM's training samples/s); "
+                         f"({s.get('predict_x_training', {}).get(b, 0):.2f}x {s.get('predict_against')}'s training samples/s); "
                          f"{v['marginal_rows_per_s']:,.0f} rows/s without the {v['startup_seconds']} s start-up "
                          f"({s.get('predict_marginal_x_training', {}).get(b, 0):.2f}x)"
                          + (f"; {v['rows_x10']:,} rows in {v['seconds_x10']} s = {v['rows_per_s_x10']:,.0f} rows/s end to end "

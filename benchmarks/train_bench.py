@@ -306,7 +306,8 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
     train = ["train", "--dataset", "criteo", "--data-dir", str(source), "--cache-dir", str(work / "cache"),
              "--epochs", "1", "--max-steps-per-epoch", "20", "--out", str(run_dir),
              "--embedding-dim", str(args.embedding_dim), "--num-layers", str(args.num_layers),
-             "--num-heads", str(args.num_heads), "--head-dim", str(args.head_dim)]
+             "--num-heads", str(args.num_heads), "--head-dim", str(args.head_dim),
+             "--precision", getattr(args, "predict_precision", "fp32")]  # predict computes in the model's precision
     for cmd in (train, ["export", str(run_dir), "--out", str(model_file)]):
         done = subprocess.run(iarm + cmd, env=env, capture_output=True, text=True)
         if done.returncode:
@@ -343,7 +344,7 @@ def run_predict(args: argparse.Namespace, data_dir: Path) -> Dict[str, Any]:
               flush=True)
     shutil.rmtree(work, ignore_errors=True)
     return {"command": "iarm predict --unlabelled --model M --input ROWS.txt --out S --batch-size B",
-            "by_batch_size": results}
+            "precision": getattr(args, "predict_precision", "fp32"), "by_batch_size": results}
 
 
 if __name__ == "__main__":
