@@ -97,8 +97,6 @@ def predict(
     (:func:`scoring_precision`: by default the one the model was trained in; ``bf16`` scores under
     bf16 autocast, as training's ``--precision bf16``). ``threads`` batches are scored at once,
     one core each (default ``torch.get_num_threads()``)."""
-    if precision is not None and precision not in PRECISIONS:
-        raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     threads = torch.get_num_threads() if threads is None else threads
     if threads < 1:
         raise ValueError(f"threads must be at least 1, got {threads}")
