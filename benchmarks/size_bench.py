@@ -90,6 +90,10 @@ def main(argv: Optional[List[str]] = None) -> int:
     p.add_argument("--predict-precision", default="fp32", choices=["fp32", "bf16"],
                    help="the scored model's training precision (predict computes in it); compared with the training "
                         "runner of that precision (iarm_rwadagrad or iarm_rwadagrad_bf16)")
+    p.add_argument("--omp-wait-policy", default="PASSIVE", choices=["PASSIVE", "ACTIVE", "default"],
+                   help="OMP_WAIT_POLICY of every runner and of the GEMM limit alike. PASSIVE (the default, for a shared "
+                        "machine: spinning threads there slowed every framework 4-10x); 'default' leaves it unset, as "
+                        "`iarm train` runs: on a quiet machine the threads then spin briefly at each barrier")
     p.add_argument("--gemm-size", type=int, default=2048)
     p.add_argument("--out", default=str(HERE / "results"))
     p.add_argument("--name", default="train_d32")
@@ -97,7 +101,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     command = "python benchmarks/size_bench.py " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
     # train_bench's argument defaults, then ours
     targs = train_bench.parse_args([])
-    for key in ("rows", "data_root", "threads", "head_dim", "max_steps"):
+    for key in ("rows", "data_root", "threads", "head_dim", "max_steps", "omp_wait_policy"):
         setattr(targs, key, getattr(args, key))
     targs.embedding_dim, targs.num_layers, targs.num_heads = 16, 3, 2
     targs.predict_precision = args.predict_precision
@@ -114,7 +118,7 @@ def main(argv: Optional[List[str]] = None) -> int:
     started = time.time()
 
     def measure_limit() -> None:
-        job = {"model": "gemm", "size": args.gemm_size, "threads": args.threads, "omp_wait_policy": "PASSIVE"}
+        job = {"model": "gemm", "size": args.gemm_size, "threads": args.threads, "omp_wait_policy": args.omp_wait_policy}
         result = train_bench.launch(job)
         result["load_average_before"] = os.getloadavg()[0]
         gemm.append(result)
@@ -208,7 +212,8 @@ def markdown(report: Dict[str, Any]) -> str:
         f"Machine: {m['cpu']}, {m['cores']} cores; load average at the end {m['load_average']}; commit {m['git_commit']}; "
         f"CPU attention: {m['iarm_cpu_attention']}. Data: synthetic Criteo {report['data']['rows']}, "
         f"{report['data']['fields']} fields ({report['data']['user_fields']} user fields). D=16, 3 layers, batch "
-        f"{report['settings']['batch_size']}, {report['settings']['threads']} threads per process, OMP_WAIT_POLICY=PASSIVE, "
+        f"{report['settings']['batch_size']}, {report['settings']['threads']} threads per process, "
+        f"OMP_WAIT_POLICY={report['settings'].get('omp_wait_policy', 'PASSIVE').replace('default', 'unset (the default)')}, "
         f"seeds {report['settings']['seeds']}, one epoch per runner.", "",
         "## This machine's limit, measured in the same run", "",
         "| when | fp32 GFLOP/s (best / median window) | bf16 GFLOP/s | load average before |", "|---|---|---|---|",
