@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iarm_torchrec.kernels.field_attention import field_attention, kernel_applies
+from iarm_torchrec.kernels.onednn_linear import projection
 from iarm_torchrec.modules.checks import check_non_negative, check_positive
 from iarm_torchrec.modules.tower import check_dropout
 
@@ -40,6 +41,8 @@ def sdpa_attention(qkv: torch.Tensor, num_heads: int, head_dim: int) -> torch.Te
     q, k, v = qkv.unflatten(-1, (3, num_heads, head_dim)).permute(2, 0, 3, 1, 4).unbind(0)  # B x H x M x d'
     return F.scaled_dot_product_attention(q, k, v, scale=1.0).transpose(1, 2).flatten(2)
 
+
+torch.fx.wrap("projection")  # a leaf when traced: it chooses its backend by dtype and device
 
 _PLAIN_ATEN: List[bool] = [False]  # set by plain_aten_attention(); read at call (and so trace) time
 
@@ -168,8 +171,12 @@ class InteractingLayer(nn.Module):
         self.layer_norm: nn.LayerNorm | None = nn.LayerNorm(self.output_dim) if layer_norm else None
 
     def _projections(self, fields: torch.Tensor) -> torch.Tensor:
+        """``B x M x d`` -> ``B x M x 3 H d'``: float32 on CPU through oneDNN
+        (:mod:`iarm_torchrec.kernels.onednn_linear`), except in a traced serving artifact."""
         assert self.qkv is not None
-        return self.qkv(fields)
+        if _PLAIN_ATEN[0]:
+            return self.qkv(fields)
+        return projection(fields, self.qkv.weight)
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
         """
