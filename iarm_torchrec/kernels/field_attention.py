@@ -31,6 +31,8 @@ from typing import Any, Dict, FrozenSet, Tuple
 
 import torch
 
+from iarm_torchrec.kernels import env_backend
+
 logger: logging.Logger = logging.getLogger(__name__)
 
 SOURCE: Path = Path(__file__).with_name("field_attention.cpp")
@@ -53,10 +55,7 @@ _loaded: Dict[str, bool] = {}
 
 def backend() -> str:
     """The CPU attention backend asked for by ``IARM_CPU_ATTENTION`` (default ``kernel``)."""
-    value = os.environ.get(BACKEND_ENV, "kernel").strip().lower() or "kernel"
-    if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={value!r}: use one of {BACKENDS}")
-    return value
+    return env_backend(BACKEND_ENV, BACKENDS)
 
 
 def load() -> bool:

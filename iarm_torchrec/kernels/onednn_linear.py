@@ -21,11 +21,12 @@ Example::
     True
 """
 
-import os
 from typing import Any, Tuple
 
 import torch
 import torch.nn.functional as F
+
+from iarm_torchrec.kernels import env_backend
 
 BACKEND_ENV = "IARM_CPU_LINEAR"
 BACKENDS = ("onednn", "aten")
@@ -33,10 +34,7 @@ BACKENDS = ("onednn", "aten")
 
 def backend() -> str:
     """The float32 CPU projection backend asked for by ``IARM_CPU_LINEAR`` (default ``onednn``)."""
-    value = os.environ.get(BACKEND_ENV, "onednn").strip().lower() or "onednn"
-    if value not in BACKENDS:
-        raise ValueError(f"{BACKEND_ENV}={value!r}: use one of {BACKENDS}")
-    return value
+    return env_backend(BACKEND_ENV, BACKENDS)
 
 
 def onednn_available() -> bool:
