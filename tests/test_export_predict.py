@@ -241,3 +241,13 @@ def test_scored_in_order_runs_batches_at_once_on_one_core_each() -> None:
     assert torch.get_num_threads() == before
     assert {threads for _, threads, _ in seen} == {1} and all(inference for _, _, inference in seen)
     assert len({name for name, _, _ in seen}) == 3 and most[0] == 3
+
+
+def test_predict_runs_the_interacting_layers_in_cache_sized_passes(exported: Path) -> None:
+    from iarm_torchrec.inference import INTERACTING_ROWS_PER_PASS
+    from iarm_torchrec.inference.export import read_export
+    from iarm_torchrec.inference.predict import scoring_model
+    from iarm_torchrec.modules.interacting import InteractingArch
+
+    arches = [m for m in scoring_model(read_export(exported)).modules() if isinstance(m, InteractingArch)]
+    assert arches and all(a.inference_rows == INTERACTING_ROWS_PER_PASS for a in arches)

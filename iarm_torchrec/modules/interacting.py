@@ -280,9 +280,20 @@ class InteractingArch(nn.Module):
             for i in range(num_layers)
         )
         self.output_dim: int = dims[-1]
+        # samples per pass when no gradient is recorded (0: the whole batch); scoring sets it
+        # (iarm_torchrec.inference.predict), training and traced artifacts never see it
+        self.inference_rows: int = 0
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        """``B x M x d`` -> ``B x M x output_dim``."""
+        """``B x M x d`` -> ``B x M x output_dim``. With :attr:`inference_rows` set and no
+        gradient recorded, the layers run ``inference_rows`` samples at a time (the same numbers:
+        each sample's layers see only that sample), which keeps a pass's intermediates in cache
+        beside another core's pass (``docs/performance.md``)."""
+        if self.inference_rows > 0 and not torch.is_grad_enabled():
+            return torch.cat([self._layers(rows) for rows in fields.split(self.inference_rows)])
+        return self._layers(fields)
+
+    def _layers(self, fields: torch.Tensor) -> torch.Tensor:
         for layer in self.layers:
             fields = layer(fields)
         return fields
