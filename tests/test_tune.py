@@ -48,6 +48,19 @@ def test_tune_searches_prunes_resumes_and_writes_a_train_config(tmp_path: Path) 
     assert len(fake.calls) == 10 and again["trials"]["complete"] + again["trials"]["pruned"] == 10
 
 
+def test_a_resumed_study_draws_new_settings_not_its_first_ones_again(tmp_path: Path) -> None:
+    """Optuna keeps no sampler state in the study: resumed with the same seed, the random start
+    would replay its first draws (found in a real resumed study: 5 of 6 new trials repeated)."""
+    first, resumed = FakeTrain(), FakeTrain()
+    tune(BASE, "iarm_variants", tmp_path, trials=4, train=first)
+    tune(BASE, "iarm_variants", tmp_path, trials=8, train=resumed)
+    drawn = [json.dumps([c["lr"], c["model_config"]], sort_keys=True) for c in first.calls + resumed.calls]
+    assert len(drawn) == 8 and len(set(drawn)) == 8
+    one_go = FakeTrain()
+    tune(BASE, "iarm_variants", tmp_path / "one-go", trials=4, train=one_go)
+    assert one_go.calls == [{**c, "out": c["out"].replace(str(tmp_path), str(tmp_path / "one-go"))} for c in first.calls]
+
+
 def test_a_study_cut_off_in_its_first_trial_starts_again_at_the_defaults(tmp_path: Path) -> None:
     class CutOff(FakeTrain):
         def __call__(self, settings: TrainSettings, epoch_callbacks: Any = (), test: bool = True) -> Dict[str, Any]:

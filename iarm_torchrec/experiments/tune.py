@@ -192,9 +192,12 @@ def tune(
         storage=f"sqlite:///{(study_dir / STUDY_FILE).resolve()}",
         load_if_exists=True,
         direction="maximize",
-        sampler=optuna.samplers.TPESampler(seed=seed),
         pruner=optuna.pruners.MedianPruner(n_startup_trials=3, n_warmup_steps=0),
     )
+    # The sampler's random state is not stored with the study: seeded as at the start, a resumed
+    # study would draw its first settings again (a resumed 12-trial study repeated 5 of its first 6).
+    # Seeded past the trials it holds, it draws new ones; a study run in one go keeps `seed`.
+    study.sampler = optuna.samplers.TPESampler(seed=seed + len(study.trials))
     for stale in study.get_trials(states=(optuna.trial.TrialState.RUNNING,)):  # cut off by an interruption
         study.tell(stale.number, state=optuna.trial.TrialState.FAIL)
     done = len(study.get_trials(states=(optuna.trial.TrialState.COMPLETE, optuna.trial.TrialState.PRUNED)))
