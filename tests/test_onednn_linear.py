@@ -7,6 +7,7 @@ import torch
 import torch.nn.functional as F
 import torchrec.fx
 
+from iarm_torchrec.kernels import fused_layer as fl
 from iarm_torchrec.kernels import onednn_linear as ol
 from iarm_torchrec.modules import interacting
 from iarm_torchrec.modules.interacting import InteractingLayer
@@ -57,7 +58,9 @@ def test_other_dtypes_autocast_and_the_aten_setting_take_f_linear(monkeypatch: p
 
 
 def test_interacting_layer_trains_the_same_through_either_backend(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A layer's output and every parameter's gradient equal to the F.linear path's."""
+    """A layer's output and every parameter's gradient equal to the F.linear path's (op by op: the
+    fused layer, which multiplies by ATen's mm, is tested in test_fused_layer.py)."""
+    monkeypatch.setenv(fl.BACKEND_ENV, "ops")
     torch.manual_seed(1)
     layer = InteractingLayer(in_dim=16, num_heads=2, head_dim=32)
     fields = torch.randn(33, 39, 16)
@@ -74,7 +77,7 @@ def test_interacting_layer_trains_the_same_through_either_backend(monkeypatch: p
 
 
 def test_traced_layer_keeps_projection_as_a_leaf_and_serving_traces_plain_aten() -> None:
-    layer = InteractingLayer(in_dim=8, num_heads=2, head_dim=4)
+    layer = InteractingLayer(in_dim=8, num_heads=2, head_dim=4, layer_norm=True)  # op by op
     traced = torchrec.fx.symbolic_trace(layer)
     targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
     assert ol.projection in targets

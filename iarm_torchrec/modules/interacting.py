@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from iarm_torchrec.kernels.field_attention import field_attention, kernel_applies
+from iarm_torchrec.kernels.fused_layer import fused_interacting_layer, fused_layer_applies
 from iarm_torchrec.kernels.onednn_linear import projection
 from iarm_torchrec.modules.checks import check_non_negative, check_positive
 from iarm_torchrec.modules.tower import check_dropout
@@ -93,6 +94,59 @@ def multi_head_attention(qkv: torch.Tensor, num_heads: int, head_dim: int, dropo
         if kernel_applies(as_float, head_dim):
             return field_attention(as_float, num_heads, head_dim)
     return matmul_attention(qkv, num_heads, head_dim)
+
+
+def add_residual(out: torch.Tensor, fields: torch.Tensor, residual_weight: torch.Tensor) -> torch.Tensor:
+    """``out + W_Res e_m`` (Eq. 11), ``B M x H d'``, as one GEMM that accumulates onto ``out``
+    (``addmm``, beta = 1): no ``B x M x H d'`` temporary and no separate add pass. Without
+    autograd (scoring) it accumulates into ``out``'s own memory (``addmm_``; 1.13x a 3-layer
+    forward at B = 1024, d' = 32); with autograd into a new tensor, since in place on ``out``'s
+    2-D view the backward would copy the gradient back (``CopySlices``). The result is 2-D
+    (not a view of a 2-D result) for the same reason: :func:`relu_fields`'s in-place ReLU. The
+    operands take ``out``'s dtype (under autocast ``addmm`` computes in the autocast type
+    either way)."""
+    flat = out.flatten(0, 1)  # B M x H d'
+    residual_in, weight = fields.flatten(0, 1).to(out.dtype), residual_weight.t().to(out.dtype)
+    if torch.is_grad_enabled():
+        return torch.addmm(flat, residual_in, weight)
+    return flat.addmm_(residual_in, weight)
+
+
+def relu_fields(out: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
+    """Eq. 11's ReLU in place (no backward here needs the pre-activation), as ``B x M x H d'``.
+    ``out`` must not be a view: in place on a view, autograd would copy the gradient three times
+    per layer (``CopySlices``)."""
+    return torch.relu_(out).view(fields.shape[0], fields.shape[1], -1)
+
+
+@torch.fx.wrap
+def attention_residual_relu(
+    fields: torch.Tensor,
+    qkv_weight: torch.Tensor,
+    residual_weight: torch.Tensor,
+    num_heads: int,
+    head_dim: int,
+    dropout: float = 0.0,
+) -> torch.Tensor:
+    """The paper's interacting layer, ``ReLU(e~_m + W_Res e_m)`` (Eq. 7-11): ``B x M x d`` ->
+    ``B x M x H d'``. Float32 on CPU by one compiled op that takes the batch chunk by chunk
+    (:mod:`iarm_torchrec.kernels.fused_layer`); otherwise op by op: the projections
+    (:func:`~iarm_torchrec.kernels.onednn_linear.projection`), :func:`multi_head_attention`,
+    :func:`add_residual`, :func:`relu_fields`. A leaf for ``torch.fx``: the choice reads the
+    operands' dtype and device.
+
+    Example::
+
+        >>> layer = InteractingLayer(in_dim=4, num_heads=2, head_dim=8)
+        >>> x = torch.rand(5, 7, 4)
+        >>> out = attention_residual_relu(x, layer.qkv.weight, layer.residual.weight, 2, 8)
+        >>> out.shape, torch.allclose(out, layer(x))
+        (torch.Size([5, 7, 16]), True)
+    """
+    if fused_layer_applies(fields, qkv_weight, residual_weight, head_dim, dropout):
+        return fused_interacting_layer(fields, qkv_weight, residual_weight, num_heads, head_dim)
+    out = multi_head_attention(projection(fields, qkv_weight), num_heads, head_dim, dropout)
+    return relu_fields(add_residual(out, fields, residual_weight), fields)
 
 
 class InteractingLayer(nn.Module):
@@ -186,6 +240,10 @@ class InteractingLayer(nn.Module):
         Returns:
             ``B x M x H d'`` high-order field vectors ``e_m^Res``.
         """
+        dropout = self.attention_dropout if self.training else 0.0
+        if self.qkv is not None and self.residual is not None and self.layer_norm is None and not _PLAIN_ATEN[0]:
+            # the paper's layer: one leaf, which takes the fused CPU op where it applies
+            return attention_residual_relu(fields, self.qkv.weight, self.residual.weight, self.num_heads, self.head_dim, dropout)
         if self.qkv is None:
             assert self.residual is not None
             out = self.residual(fields)  # IRM: no Eq. 7-10
@@ -194,31 +252,12 @@ class InteractingLayer(nn.Module):
             if _PLAIN_ATEN[0]:  # traced for a serving artifact: plain ATen, evaluation only
                 out = sdpa_attention(qkv, self.num_heads, self.head_dim)
             else:
-                dropout = self.attention_dropout if self.training else 0.0
                 out = multi_head_attention(qkv, self.num_heads, self.head_dim, dropout)  # Eq. 7-10
             if self.residual is not None:
-                out = self._add_residual(out, fields)
+                out = add_residual(out, fields, self.residual.weight)
         if self.layer_norm is not None:
             out = self.layer_norm(out)
-        # ReLU in place (no backward here needs the pre-activation) on a tensor that is not a view:
-        # in place on a view, autograd would copy the gradient three times per layer (CopySlices)
-        return torch.relu_(out).view(fields.shape[0], fields.shape[1], self.output_dim)
-
-    def _add_residual(self, out: torch.Tensor, fields: torch.Tensor) -> torch.Tensor:
-        """``out + W_Res e_m`` (Eq. 11), ``B M x H d'``, as one GEMM that accumulates onto ``out``
-        (``addmm``, beta = 1): no ``B x M x H d'`` temporary and no separate add pass. Without
-        autograd (scoring) it accumulates into ``out``'s own memory (``addmm_``; 1.13x a 3-layer
-        forward at B = 1024, d' = 32); with autograd into a new tensor, since in place on ``out``'s
-        2-D view the backward would copy the gradient back (``CopySlices``). The result is 2-D
-        (not a view of a 2-D result) for the same reason: :meth:`forward`'s in-place ReLU. The
-        operands take ``out``'s dtype (under autocast ``addmm`` computes in the autocast type
-        either way)."""
-        assert self.residual is not None
-        flat = out.flatten(0, 1)  # B M x H d'
-        residual_in, weight = fields.flatten(0, 1).to(out.dtype), self.residual.weight.t().to(out.dtype)
-        if torch.is_grad_enabled():
-            return torch.addmm(flat, residual_in, weight)
-        return flat.addmm_(residual_in, weight)
+        return relu_fields(out, fields)
 
     def attention_weights(self, fields: torch.Tensor) -> torch.Tensor:
         """The ``alpha`` of Eq. 7 for the explanations of Fig. 5.
