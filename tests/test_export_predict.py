@@ -13,12 +13,10 @@ from iarm_torchrec.cli import main as iarm
 from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.synthetic import TSV_DIR
 from iarm_torchrec.inference.export import FORMAT, export_run, load_exported, read_export
-from iarm_torchrec.inference import INTERACTING_ROWS_PER_PASS
-from iarm_torchrec.inference.predict import predict, scoring_model, scoring_precision
+from iarm_torchrec.inference.predict import predict, scoring_precision
 from iarm_torchrec.integrity import sha256_of_tree
 from iarm_torchrec.models.ctr_train import native_bf16
 from iarm_torchrec.models.iarm import IARM
-from iarm_torchrec.modules.interacting import InteractingArch
 from iarm_torchrec.train.checkpoint import CheckpointError
 from iarm_torchrec.train.evaluate import binary_metrics
 from iarm_torchrec.train.layout import CHECKPOINT_DIR, METRICS_FILE, RUN_FILE, SETTINGS_FILE
@@ -243,8 +241,3 @@ def test_scored_in_order_runs_batches_at_once_on_one_core_each() -> None:
     assert torch.get_num_threads() == before
     assert {threads for _, threads, _ in seen} == {1} and all(inference for _, _, inference in seen)
     assert len({name for name, _, _ in seen}) == 3 and most[0] == 3
-
-
-def test_predict_runs_the_interacting_layers_in_cache_sized_passes(exported: Path) -> None:
-    arches = [m for m in scoring_model(read_export(exported)).modules() if isinstance(m, InteractingArch)]
-    assert arches and all(a.inference_rows == INTERACTING_ROWS_PER_PASS for a in arches)

@@ -184,28 +184,3 @@ def test_subclass_with_own_interest_arch_builds_traces_and_learns() -> None:
     torch.testing.assert_close(
         traced(batch.dense_features, batch.sparse_features), model(batch.dense_features, batch.sparse_features)
     )
-
-
-def test_interacting_layers_score_in_row_passes_with_the_same_numbers() -> None:
-    """``inference_rows`` (set by ``iarm predict``) runs the layers that many samples at a time when no
-    gradient is recorded: the same output bit for bit; with gradients (training) and at its
-    default 0 the whole batch goes through at once, so tracing sees no loop."""
-    model = build()
-    arch = model.interacting_arch
-    fields = torch.randn(37, M, 4)
-    with torch.no_grad():
-        whole = arch(fields)
-        arch.inference_rows = 8  # 4 passes of 8 and one of 5
-        assert torch.equal(arch(fields), whole)
-    calls = []
-    hook = arch.layers[0].register_forward_hook(lambda module, args, out: calls.append(args[0].shape[0]))
-    with torch.no_grad():
-        arch(fields)
-    assert calls == [8, 8, 8, 8, 5]
-    calls.clear()
-    out = arch(fields.requires_grad_())  # gradients recorded: one pass
-    assert calls == [37] and out.requires_grad
-    hook.remove()
-    arch.inference_rows = 0
-    traced = torchrec.fx.symbolic_trace(arch)
-    assert "cat" not in str(traced.graph)

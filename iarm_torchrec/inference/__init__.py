@@ -9,8 +9,3 @@ and click probabilities for a raw file from it (:mod:`~iarm_torchrec.inference.p
 # no torch.
 SCORING_BATCH_SIZE = 1024
 
-# samples per pass of the interacting layers while ``iarm predict`` scores (one batch a core): at
-# 1024 a layer's 30 MB of projections leave the 2 cores' shared cache, so two batches side by side
-# slowed each other; at 128 a pair of batches' layers ran 1.15-1.2x faster, same numbers
-# (docs/performance.md)
-INTERACTING_ROWS_PER_PASS = 128

@@ -28,10 +28,9 @@ from collections import deque
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any, Callable, Deque, Dict, Iterable, Iterator, Optional, Tuple
+from typing import Callable, Deque, Iterable, Iterator, Optional, Tuple
 
 import torch
-from torch import nn
 from torchrec.datasets.utils import Batch
 from tqdm import tqdm
 
@@ -40,11 +39,10 @@ from iarm_torchrec.data.loader import PADDING_LABEL, ShardedBatchLoader
 from iarm_torchrec.data.preprocess import encode
 from iarm_torchrec.data.spec import FeatureSpec
 from iarm_torchrec.files import PathLike, atomic_write_text
-from iarm_torchrec.inference import INTERACTING_ROWS_PER_PASS, SCORING_BATCH_SIZE
+from iarm_torchrec.inference import SCORING_BATCH_SIZE
 from iarm_torchrec.inference.export import model_from_payload, read_export, write_data_files
 from iarm_torchrec.inference.serving import ServingArtifact, is_serving_artifact
 from iarm_torchrec.models.ctr_train import resolve_precision
-from iarm_torchrec.modules.interacting import InteractingArch
 
 Scorer = Callable[[torch.Tensor, object], torch.Tensor]  # (dense, KJT) -> probabilities
 
@@ -62,20 +60,10 @@ def _scorer(model_file: PathLike, data_dir: Path) -> Tuple[Scorer, str, str]:
         artifact.write_data_files(data_dir)
         return artifact.module, "serving", "fp32"
     payload = read_export(model_file)
-    model = scoring_model(payload)
+    model = model_from_payload(payload)
     write_data_files(payload, data_dir)
     trained = payload.get("training_run", {}).get("precision", "fp32")
     return (lambda dense, kjt: torch.sigmoid(model(dense, kjt).float())), "export", trained
-
-
-def scoring_model(payload: Dict[str, Any]) -> nn.Module:
-    """An export's model as ``iarm predict`` runs it: its interacting layers in passes of
-    :data:`~iarm_torchrec.inference.INTERACTING_ROWS_PER_PASS` samples (the same numbers)."""
-    model = model_from_payload(payload)
-    for module in model.modules():
-        if isinstance(module, InteractingArch):
-            module.inference_rows = INTERACTING_ROWS_PER_PASS
-    return model
 
 
 def scoring_precision(asked: Optional[str], trained: str) -> str:

@@ -166,7 +166,9 @@ class InteractingLayer(nn.Module):
     the device: ``torch.nn.functional.scaled_dot_product_attention`` (``scale=1``) on CUDA, and
     on CPU a compiled kernel that puts one sample in each SIMD lane, which for CTR's few fields
     (``M`` about 40) and small heads is several times faster there than SDPA's or ``bmm``'s
-    kernels (see ``docs/performance.md``). All compute the same Eq. 7-10.
+    kernels (see ``docs/performance.md``). All compute the same Eq. 7-10. In float32 on CPU the
+    paper's layer (attention and residual, no layer norm) runs as one compiled op that gives each core
+    whole chunks of samples, projections to ReLU (:func:`attention_residual_relu`).
 
     Ablations: ``use_attention=False`` gives IRM's layer ``ReLU(W_Res e_m)``;
     ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
@@ -319,20 +321,9 @@ class InteractingArch(nn.Module):
             for i in range(num_layers)
         )
         self.output_dim: int = dims[-1]
-        # samples per pass when no gradient is recorded (0: the whole batch); scoring sets it
-        # (iarm_torchrec.inference.predict), training and traced artifacts never see it
-        self.inference_rows: int = 0
 
     def forward(self, fields: torch.Tensor) -> torch.Tensor:
-        """``B x M x d`` -> ``B x M x output_dim``. With :attr:`inference_rows` set and no
-        gradient recorded, the layers run ``inference_rows`` samples at a time (the same numbers:
-        each sample's layers see only that sample), which keeps a pass's intermediates in cache
-        beside another core's pass (``docs/performance.md``)."""
-        if self.inference_rows > 0 and not torch.is_grad_enabled():
-            return torch.cat([self._layers(rows) for rows in fields.split(self.inference_rows)])
-        return self._layers(fields)
-
-    def _layers(self, fields: torch.Tensor) -> torch.Tensor:
+        """``B x M x d`` -> ``B x M x output_dim``."""
         for layer in self.layers:
             fields = layer(fields)
         return fields
