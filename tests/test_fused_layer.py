@@ -1,6 +1,6 @@
-"""The fused float32 interacting layer (iarm_torchrec/kernels/fused_layer.py): values and every gradient
-against the paper's equations in float64, when it applies, the layer and a traced model taking it,
-and the same numbers for any thread count."""
+"""The fused interacting layer (iarm_torchrec/kernels/fused_layer.py): values and every gradient
+against the paper's equations in float64 (float32) and against the op-by-op layer under bf16 autocast,
+when it applies, the layer and a traced model taking it, and the same numbers for any thread count."""
 
 from typing import Tuple
 
@@ -58,7 +58,7 @@ def test_values_and_gradients_match_float64(batch: int, fields: int, in_dim: int
 def test_scoring_keeps_no_projections_and_gives_the_same_numbers() -> None:
     x, w_qkv, w_res = operands(70, 39, 16, 2, 32)
     with torch.no_grad():
-        out, qkv = torch.ops.iarm.interacting_layer_forward(x, w_qkv, w_res, 2, 32, fl.CHUNK_ROWS, False)
+        out, qkv = torch.ops.iarm.interacting_layer_forward(x, w_qkv, w_res, 2, 32, fl.CHUNK_ROWS[torch.float32], False)
         scored = fl.fused_interacting_layer(x, w_qkv, w_res, 2, 32)
     assert qkv.numel() == 0 and scored.grad_fn is None
     trained = fl.fused_interacting_layer(x, w_qkv.requires_grad_(), w_res.requires_grad_(), 2, 32)
@@ -91,8 +91,12 @@ def test_when_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
     assert not fl.fused_layer_applies(x, w_qkv, w_res, 8, 0.1)  # attention dropout: op by op
     assert not fl.fused_layer_applies(x, w_qkv, w_res, 3, 0.0)  # a head size the kernel has no build for
     assert not fl.fused_layer_applies(x.double(), w_qkv.double(), w_res.double(), 8, 0.0)
-    assert not fl.fused_layer_applies(x.bfloat16(), w_qkv.bfloat16(), w_res.bfloat16(), 8, 0.0)
+    assert not fl.fused_layer_applies(x.bfloat16(), w_qkv.bfloat16(), w_res.bfloat16(), 8, 0.0)  # bf16: autocast's
     with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert fl.fused_layer_applies(x, w_qkv, w_res, 8, 0.0)
+        assert fl.compute_dtype(x, w_qkv, w_res) == torch.bfloat16
+        assert not fl.fused_layer_applies(x.double(), w_qkv, w_res, 8, 0.0)
+    with torch.autocast("cpu", dtype=torch.float16):
         assert not fl.fused_layer_applies(x, w_qkv, w_res, 8, 0.0)
     monkeypatch.setenv(fl.BACKEND_ENV, "ops")
     assert not fl.fused_layer_applies(x, w_qkv, w_res, 8, 0.0)
@@ -101,12 +105,42 @@ def test_when_it_applies(monkeypatch: pytest.MonkeyPatch) -> None:
         fl.backend()
 
 
+@pytest.mark.parametrize("in_dim", [16, 64])
+def test_bf16_autocast_matches_the_op_by_op_layer_within_bf16(monkeypatch: pytest.MonkeyPatch, in_dim: int) -> None:
+    """Under bf16 autocast the fused layer gives a bf16 output and float32 gradients for the float32
+    weights and input; its values and gradients lie as close to the float32 layer's as the op-by-op
+    bf16 layer's do (both multiply in bf16 with float32 sums)."""
+    torch.manual_seed(4)
+    layer = InteractingLayer(in_dim=in_dim, num_heads=2, head_dim=32)
+    fields = torch.randn(300, 39, in_dim)
+
+    def run(backend: str, autocast: bool) -> Tuple[torch.Tensor, ...]:
+        monkeypatch.setenv(fl.BACKEND_ENV, backend)
+        layer.zero_grad()
+        x = fields.clone().requires_grad_()
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+            out = layer(x)
+        out.float().square().sum().backward()
+        return type(out.grad_fn).__name__, out.dtype, out.detach().float(), x.grad, layer.qkv.weight.grad, layer.residual.weight.grad
+
+    exact, fused, ops = run("ops", False), run("fused", True), run("ops", True)
+    assert fused[0] == "_InteractingLayerBackward" and ops[0] != fused[0]
+    assert fused[1] == ops[1] == torch.bfloat16
+    assert all(t.dtype == torch.float32 for t in fused[3:])
+    for ours, theirs, want in zip(fused[2:], ops[2:], exact[2:]):
+        scale = float(want.abs().max())
+        ours_error, theirs_error = float((ours - want).abs().max()) / scale, float((theirs - want).abs().max()) / scale
+        assert ours_error < 0.02 and ours_error < 2 * theirs_error + 1e-3, (ours_error, theirs_error)
+
+
 def test_bad_operands_are_named() -> None:
     x, w_qkv, w_res = operands(4, 5, 8, 2, 8)
     with pytest.raises(RuntimeError, match=r"w_qkv is \[48, 8\], expected \[24, 8\]"):
         torch.ops.iarm.interacting_layer_forward(x, w_qkv, w_res, 1, 8, 32, False)
-    with pytest.raises(RuntimeError, match="x must be a contiguous float32 CPU tensor"):
+    with pytest.raises(RuntimeError, match="x must be a contiguous float32 or bfloat16 CPU tensor"):
         torch.ops.iarm.interacting_layer_forward(x.double(), w_qkv, w_res, 2, 8, 32, False)
+    with pytest.raises(RuntimeError, match="the weights must have x's dtype BFloat16, got Float"):
+        torch.ops.iarm.interacting_layer_forward(x.bfloat16(), w_qkv, w_res, 2, 8, 32, False)
     with pytest.raises(RuntimeError, match="rows must be positive"):
         torch.ops.iarm.interacting_layer_forward(x, w_qkv, w_res, 2, 8, 0, False)
 

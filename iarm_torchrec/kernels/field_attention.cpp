@@ -623,39 +623,56 @@ at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor
 }
 
 
-// One whole interacting layer in float32, ReLU(attention(x W_qkv^T) + x W_res^T) (Eq. 7-11), in chunks
-// of `rows` samples, each chunk on one core from its projection to its ReLU. Split across cores op by
-// op instead, the layer's 30 MB of projections at B = 1024 leave the cache between the GEMM that
-// writes them and the kernel that reads them, and every tall GEMM shares the memory bus with the other
-// core's half of it; a chunk's projections (~1 MB at 32 samples, d' = 32, M = 39) stay in the core's
-// L2. The GEMMs inside a chunk are ATen's mm, single-threaded there (nested in at::parallel_for, as
-// the attention kernel's own loop over sample blocks is). x: B x M x K; w_qkv: 3Hd x K; w_res: Hd x K.
-// Returns out (B x M x Hd, after the ReLU) and, with keep_qkv (training: the backward reads them),
-// the projections B x M x 3Hd; without, each chunk's projections live in a per-core scratch buffer.
-template <int D>
-void layer_forward_chunk(const at::Tensor& x, const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t H,
-                         at::Tensor& qkv, at::Tensor& out) {
-  const int64_t n = x.size(0), M = x.size(1);
+// One whole interacting layer, ReLU(attention(x W_qkv^T) + x W_res^T) (Eq. 7-11), in chunks of `rows`
+// samples, each chunk on one core from its projection to its ReLU. Split across cores op by op instead,
+// the layer's 30 MB of projections at B = 1024 (float32) leave the cache between the GEMM that writes
+// them and the kernel that reads them, and every tall GEMM shares the memory bus with the other core's
+// half of it; a chunk's projections (~1 MB at 32 samples, d' = 32, M = 39) stay in the core's L2. The
+// GEMMs inside a chunk are ATen's, single-threaded there (nested in at::parallel_for, as the attention
+// kernel's own loop over sample blocks is). x: B x M x K; w_qkv: 3Hd x K; w_res: Hd x K; all float32
+// or all bf16 (bf16: the GEMMs in bf16 with float32 sums, the attention as field_attention_forward's).
+// Returns out (B x M x Hd, after the ReLU) and, with keep_qkv (training: the backward reads them), the
+// projections B x M x 3Hd; without, each chunk's projections live in a per-core scratch buffer.
+template <typename T>
+void layer_forward_chunk(const at::Tensor& x, const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t heads,
+                         int64_t head_dim, at::Tensor& qkv, at::Tensor& out) {
+  const int64_t n = x.size(0), M = x.size(1), K = x.size(2);
   at::Tensor projections = qkv.view({n * M, qkv.size(2)});
-  at::mm_out(projections, x.view({n * M, x.size(2)}), w_qkv.t());
-  forward_all<D, float>(qkv.data_ptr<float>(), n, M, H, out.data_ptr<float>());
+  at::mm_out(projections, x.view({n * M, K}), w_qkv.t());
+  forward_typed<T>(qkv, heads, head_dim, out);
   at::Tensor flat = out.view({n * M, out.size(2)});
-  flat.addmm_(x.view({n * M, x.size(2)}), w_res.t());
+  flat.addmm_(x.view({n * M, K}), w_res.t());
   flat.relu_();
 }
 
 void check_layer(const at::Tensor& x, const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t heads,
                  int64_t head_dim, int64_t rows) {
-  TORCH_CHECK(x.device().is_cpu() && x.scalar_type() == at::kFloat && x.dim() == 3 && x.is_contiguous(),
-              "interacting layer: x must be a contiguous float32 CPU tensor B x M x K, got ", x.scalar_type(), " ",
-              x.sizes());
-  TORCH_CHECK(w_qkv.scalar_type() == at::kFloat && w_res.scalar_type() == at::kFloat,
-              "interacting layer: weights must be float32");
+  TORCH_CHECK(x.device().is_cpu() && is_float_or_bf16(x) && x.dim() == 3 && x.is_contiguous(),
+              "interacting layer: x must be a contiguous float32 or bfloat16 CPU tensor B x M x K, got ",
+              x.scalar_type(), " ", x.sizes());
+  TORCH_CHECK(w_qkv.scalar_type() == x.scalar_type() && w_res.scalar_type() == x.scalar_type(),
+              "interacting layer: the weights must have x's dtype ", x.scalar_type(), ", got ", w_qkv.scalar_type(),
+              " and ", w_res.scalar_type());
   TORCH_CHECK(w_qkv.dim() == 2 && w_qkv.size(0) == 3 * heads * head_dim && w_qkv.size(1) == x.size(2),
               "interacting layer: w_qkv is ", w_qkv.sizes(), ", expected [", 3 * heads * head_dim, ", ", x.size(2), "]");
   TORCH_CHECK(w_res.dim() == 2 && w_res.size(0) == heads * head_dim && w_res.size(1) == x.size(2),
               "interacting layer: w_res is ", w_res.sizes(), ", expected [", heads * head_dim, ", ", x.size(2), "]");
   TORCH_CHECK(rows > 0, "interacting layer: rows must be positive, got ", rows);
+}
+
+template <typename T>
+void layer_forward_all(const at::Tensor& x, const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t heads,
+                       int64_t head_dim, int64_t rows, bool keep_qkv, at::Tensor& qkv, at::Tensor& out) {
+  const int64_t B = x.size(0), M = x.size(1), C = 3 * heads * head_dim, chunks = (B + rows - 1) / rows;
+  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
+    at::AutoDispatchBelowADInplaceOrView below_autograd;  // per thread: the GEMMs are not recorded
+    at::Tensor scratch = keep_qkv ? at::Tensor() : at::empty({rows, M, C}, x.options());
+    for (int64_t c = begin; c < end; ++c) {
+      const int64_t r0 = c * rows, n = std::min(rows, B - r0);
+      at::Tensor q = keep_qkv ? qkv.narrow(0, r0, n) : scratch.narrow(0, 0, n), o = out.narrow(0, r0, n);
+      layer_forward_chunk<T>(x.narrow(0, r0, n), w_qkv, w_res, heads, head_dim, q, o);
+    }
+  });
 }
 
 std::vector<at::Tensor> interacting_layer_forward(const at::Tensor& x, const at::Tensor& w_qkv_in,
@@ -665,51 +682,39 @@ std::vector<at::Tensor> interacting_layer_forward(const at::Tensor& x, const at:
   const at::Tensor w_qkv = w_qkv_in.contiguous(), w_res = w_res_in.contiguous();
   const int64_t B = x.size(0), M = x.size(1), C = 3 * heads * head_dim, O = heads * head_dim;
   at::Tensor out = at::empty({B, M, O}, x.options());
-  at::Tensor qkv = keep_qkv ? at::empty({B, M, C}, x.options()) : at::Tensor();
-  const int64_t chunks = (B + rows - 1) / rows;
-  at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
-    at::AutoDispatchBelowADInplaceOrView below_autograd;  // per thread: the mm's are not recorded
-    at::Tensor scratch = keep_qkv ? at::Tensor() : at::empty({rows, M, C}, x.options());
-    for (int64_t c = begin; c < end; ++c) {
-      const int64_t r0 = c * rows, n = std::min(rows, B - r0);
-      at::Tensor q = keep_qkv ? qkv.narrow(0, r0, n) : scratch.narrow(0, 0, n);
-      at::Tensor o = out.narrow(0, r0, n);
-      DISPATCH_HEAD_DIM(head_dim, layer_forward_chunk, x.narrow(0, r0, n), w_qkv, w_res, heads, q, o);
-    }
-  });
-  return {out, keep_qkv ? qkv : at::empty({0}, x.options())};
+  at::Tensor qkv = at::empty({keep_qkv ? B : 0, M, C}, x.options());
+  if (x.scalar_type() == at::kBFloat16)
+    layer_forward_all<at::BFloat16>(x, w_qkv, w_res, heads, head_dim, rows, keep_qkv, qkv, out);
+  else
+    layer_forward_all<float>(x, w_qkv, w_res, heads, head_dim, rows, keep_qkv, qkv, out);
+  return {out, qkv};
 }
 
-template <int D>
+template <typename T>
 void layer_backward_chunk(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& qkv, const at::Tensor& out,
-                          const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t H, at::Tensor& masked,
-                          at::Tensor& grad_qkv, at::Tensor& grad_x, at::Tensor& grad_w_qkv, at::Tensor& grad_w_res) {
+                          const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t heads, int64_t head_dim,
+                          at::Tensor& masked, at::Tensor& grad_qkv, at::Tensor& grad_x, at::Tensor& grad_w_qkv,
+                          at::Tensor& grad_w_res) {
   const int64_t n = x.size(0), M = x.size(1), K = x.size(2), C = qkv.size(2), O = out.size(2);
   at::threshold_backward_out(masked, grad_out, out, 0);  // through the ReLU: out > 0 where its input was
-  backward_all<D, float>(qkv.data_ptr<float>(), masked.data_ptr<float>(), n, M, H, grad_qkv.data_ptr<float>());
+  backward_typed<T>(masked, qkv, heads, head_dim, grad_qkv);
   const at::Tensor x2 = x.view({n * M, K}), gq = grad_qkv.view({n * M, C}), gm = masked.view({n * M, O});
   at::Tensor gx = grad_x.view({n * M, K});
   at::mm_out(gx, gq, w_qkv);
   gx.addmm_(gm, w_res);
-  grad_w_qkv.addmm_(gq.t(), x2);
-  grad_w_res.addmm_(gm.t(), x2);
+  grad_w_qkv.add_(at::mm(gq.t(), x2));  // into this core's float32 total (a bf16 chunk's sum rounded once)
+  grad_w_res.add_(at::mm(gm.t(), x2));
 }
 
 // Gradients of interacting_layer_forward's out for x, w_qkv and w_res, chunk by chunk as the forward
-// ran; each core sums its chunks' weight gradients, and the cores' sums are added at the end.
-std::vector<at::Tensor> interacting_layer_backward(const at::Tensor& grad_out_in, const at::Tensor& x,
-                                                   const at::Tensor& qkv, const at::Tensor& out,
-                                                   const at::Tensor& w_qkv_in, const at::Tensor& w_res_in,
-                                                   int64_t heads, int64_t head_dim, int64_t rows) {
-  check_layer(x, w_qkv_in, w_res_in, heads, head_dim, rows);
-  const at::Tensor w_qkv = w_qkv_in.contiguous(), w_res = w_res_in.contiguous(), grad_out = grad_out_in.contiguous();
-  const int64_t B = x.size(0), M = x.size(1), K = x.size(2), C = 3 * heads * head_dim, O = heads * head_dim;
-  TORCH_CHECK(grad_out.sizes() == out.sizes() && qkv.sizes() == at::IntArrayRef({B, M, C}),
-              "interacting layer: grad_out ", grad_out.sizes(), ", out ", out.sizes(), ", qkv ", qkv.sizes(),
-              " do not match x ", x.sizes());
-  at::Tensor grad_x = at::empty_like(x);
-  const int64_t threads = at::get_num_threads(), chunks = (B + rows - 1) / rows;
-  at::Tensor grad_w_qkv = at::zeros({threads, C, K}, x.options()), grad_w_res = at::zeros({threads, O, K}, x.options());
+// ran; each core sums its chunks' weight gradients in float32, the cores' sums are added at the end and
+// returned in x's dtype.
+template <typename T>
+void layer_backward_all(const at::Tensor& grad_out, const at::Tensor& x, const at::Tensor& qkv, const at::Tensor& out,
+                        const at::Tensor& w_qkv, const at::Tensor& w_res, int64_t heads, int64_t head_dim, int64_t rows,
+                        at::Tensor& grad_x, at::Tensor& grad_w_qkv, at::Tensor& grad_w_res) {
+  const int64_t B = x.size(0), M = x.size(1), C = 3 * heads * head_dim, O = heads * head_dim;
+  const int64_t chunks = (B + rows - 1) / rows;
   at::parallel_for(0, chunks, 1, [&](int64_t begin, int64_t end) {
     at::AutoDispatchBelowADInplaceOrView below_autograd;
     at::Tensor masked = at::empty({rows, M, O}, x.options()), grad_qkv = at::empty({rows, M, C}, x.options());
@@ -717,11 +722,34 @@ std::vector<at::Tensor> interacting_layer_backward(const at::Tensor& grad_out_in
     for (int64_t c = begin; c < end; ++c) {
       const int64_t r0 = c * rows, n = std::min(rows, B - r0);
       at::Tensor m = masked.narrow(0, 0, n), g = grad_qkv.narrow(0, 0, n), gx = grad_x.narrow(0, r0, n);
-      DISPATCH_HEAD_DIM(head_dim, layer_backward_chunk, grad_out.narrow(0, r0, n), x.narrow(0, r0, n),
-                        qkv.narrow(0, r0, n), out.narrow(0, r0, n), w_qkv, w_res, heads, m, g, gx, gwq, gwr);
+      layer_backward_chunk<T>(grad_out.narrow(0, r0, n), x.narrow(0, r0, n), qkv.narrow(0, r0, n), out.narrow(0, r0, n),
+                              w_qkv, w_res, heads, head_dim, m, g, gx, gwq, gwr);
     }
   });
-  return {grad_x, grad_w_qkv.sum(0), grad_w_res.sum(0)};
+}
+
+std::vector<at::Tensor> interacting_layer_backward(const at::Tensor& grad_out_in, const at::Tensor& x,
+                                                   const at::Tensor& qkv, const at::Tensor& out,
+                                                   const at::Tensor& w_qkv_in, const at::Tensor& w_res_in,
+                                                   int64_t heads, int64_t head_dim, int64_t rows) {
+  check_layer(x, w_qkv_in, w_res_in, heads, head_dim, rows);
+  const at::Tensor w_qkv = w_qkv_in.contiguous(), w_res = w_res_in.contiguous(), grad_out = grad_out_in.contiguous();
+  const int64_t B = x.size(0), M = x.size(1), K = x.size(2), C = 3 * heads * head_dim, O = heads * head_dim;
+  TORCH_CHECK(grad_out.sizes() == out.sizes() && qkv.sizes() == at::IntArrayRef({B, M, C}) &&
+                  grad_out.scalar_type() == x.scalar_type(),
+              "interacting layer: grad_out ", grad_out.sizes(), ", out ", out.sizes(), ", qkv ", qkv.sizes(),
+              " do not match x ", x.sizes());
+  at::Tensor grad_x = at::empty_like(x);
+  const int64_t threads = at::get_num_threads();
+  at::Tensor grad_w_qkv = at::zeros({threads, C, K}, x.options().dtype(at::kFloat));
+  at::Tensor grad_w_res = at::zeros({threads, O, K}, x.options().dtype(at::kFloat));
+  if (x.scalar_type() == at::kBFloat16)
+    layer_backward_all<at::BFloat16>(grad_out, x, qkv, out, w_qkv, w_res, heads, head_dim, rows, grad_x, grad_w_qkv,
+                                     grad_w_res);
+  else
+    layer_backward_all<float>(grad_out, x, qkv, out, w_qkv, w_res, heads, head_dim, rows, grad_x, grad_w_qkv,
+                              grad_w_res);
+  return {grad_x, grad_w_qkv.sum(0).to(x.scalar_type()), grad_w_res.sum(0).to(x.scalar_type())};
 }
 
 }  // namespace
