@@ -129,8 +129,8 @@ def attention_residual_relu(
     dropout: float = 0.0,
 ) -> torch.Tensor:
     """The paper's interacting layer, ``ReLU(e~_m + W_Res e_m)`` (Eq. 7-11): ``B x M x d`` ->
-    ``B x M x H d'``. Float32 on CPU by one compiled op that takes the batch chunk by chunk
-    (:mod:`iarm_torchrec.kernels.fused_layer`); otherwise op by op: the projections
+    ``B x M x H d'``. On CPU in float32 or under bf16 autocast by one compiled op that takes the batch
+    chunk by chunk (:mod:`iarm_torchrec.kernels.fused_layer`); otherwise op by op: the projections
     (:func:`~iarm_torchrec.kernels.onednn_linear.projection`), :func:`multi_head_attention`,
     :func:`add_residual`, :func:`relu_fields`. A leaf for ``torch.fx``: the choice reads the
     operands' dtype and device.
@@ -166,9 +166,9 @@ class InteractingLayer(nn.Module):
     the device: ``torch.nn.functional.scaled_dot_product_attention`` (``scale=1``) on CUDA, and
     on CPU a compiled kernel that puts one sample in each SIMD lane, which for CTR's few fields
     (``M`` about 40) and small heads is several times faster there than SDPA's or ``bmm``'s
-    kernels (see ``docs/performance.md``). All compute the same Eq. 7-10. In float32 on CPU the
-    paper's layer (attention and residual, no layer norm) runs as one compiled op that gives each core
-    whole chunks of samples, projections to ReLU (:func:`attention_residual_relu`).
+    kernels (see ``docs/performance.md``). All compute the same Eq. 7-10. On CPU, in float32 or under
+    bf16 autocast, the paper's layer (attention and residual, no layer norm) runs as one compiled op
+    that gives each core whole chunks of samples, projections to ReLU (:func:`attention_residual_relu`).
 
     Ablations: ``use_attention=False`` gives IRM's layer ``ReLU(W_Res e_m)``;
     ``use_residual=False`` gives IARM-'s ``ReLU(e~_m)``. At least one must stay on.
