@@ -6,12 +6,12 @@ from typing import Tuple
 
 import pytest
 import torch
-import torchrec.fx
 
 from iarm_torchrec.kernels import fused_layer as fl
 from iarm_torchrec.kernels.field_attention import kernel_enabled
 from iarm_torchrec.modules import interacting
 from iarm_torchrec.modules.interacting import InteractingArch, InteractingLayer
+from layer_utils import assert_same_step, step_with_env, traced_leaf_calls
 
 pytestmark = pytest.mark.skipif(not kernel_enabled(), reason="IARM's CPU kernel is not built here (no C++ compiler)")
 
@@ -114,20 +114,14 @@ def test_bf16_autocast_matches_the_op_by_op_layer_within_bf16(monkeypatch: pytes
     layer = InteractingLayer(in_dim=in_dim, num_heads=2, head_dim=32)
     fields = torch.randn(300, 39, in_dim)
 
-    def run(backend: str, autocast: bool) -> Tuple[torch.Tensor, ...]:
-        monkeypatch.setenv(fl.BACKEND_ENV, backend)
-        layer.zero_grad()
-        x = fields.clone().requires_grad_()
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-            out = layer(x)
-        out.float().square().sum().backward()
-        return type(out.grad_fn).__name__, out.dtype, out.detach().float(), x.grad, layer.qkv.weight.grad, layer.residual.weight.grad
-
-    exact, fused, ops = run("ops", False), run("fused", True), run("ops", True)
-    assert fused[0] == "_InteractingLayerBackward" and ops[0] != fused[0]
-    assert fused[1] == ops[1] == torch.bfloat16
-    assert all(t.dtype == torch.float32 for t in fused[3:])
-    for ours, theirs, want in zip(fused[2:], ops[2:], exact[2:]):
+    exact, fused, ops = (
+        step_with_env(monkeypatch, fl.BACKEND_ENV, backend, layer, fields, autocast)
+        for backend, autocast in (("ops", False), ("fused", True), ("ops", True))
+    )
+    assert fused.grad_fn == "_InteractingLayerBackward" and ops.grad_fn != fused.grad_fn
+    assert fused.dtype == ops.dtype == torch.bfloat16
+    assert all(t.dtype == torch.float32 for t in fused.grads)
+    for ours, theirs, want in zip((fused.out, *fused.grads), (ops.out, *ops.grads), (exact.out, *exact.grads)):
         scale = float(want.abs().max())
         ours_error, theirs_error = float((ours - want).abs().max()) / scale, float((theirs - want).abs().max()) / scale
         assert ours_error < 0.02 and ours_error < 2 * theirs_error + 1e-3, (ours_error, theirs_error)
@@ -151,17 +145,9 @@ def test_the_paper_layer_takes_it_and_trains_as_op_by_op(monkeypatch: pytest.Mon
     torch.manual_seed(2)
     layer = InteractingLayer(in_dim=16, num_heads=2, head_dim=32)
     fields = torch.randn(45, 39, 16)
-    results = {}
-    for backend in ("fused", "ops"):
-        monkeypatch.setenv(fl.BACKEND_ENV, backend)
-        layer.zero_grad()
-        x = fields.clone().requires_grad_()
-        out = layer(x)
-        out.square().sum().backward()
-        results[backend] = (type(out.grad_fn).__name__, out.detach(), x.grad, layer.qkv.weight.grad, layer.residual.weight.grad)
-    assert results["fused"][0] == "_InteractingLayerBackward" and results["ops"][0] != "_InteractingLayerBackward"
-    for fused, ops in zip(results["fused"][1:], results["ops"][1:]):
-        torch.testing.assert_close(fused, ops, rtol=1e-4, atol=1e-4)
+    fused, ops = (step_with_env(monkeypatch, fl.BACKEND_ENV, backend, layer, fields) for backend in ("fused", "ops"))
+    assert fused.grad_fn == "_InteractingLayerBackward" and ops.grad_fn != "_InteractingLayerBackward"
+    assert_same_step(fused, ops)
     monkeypatch.setenv(fl.BACKEND_ENV, "fused")
     normed = InteractingLayer(in_dim=16, num_heads=2, head_dim=32, layer_norm=True)
     assert type(normed(fields).grad_fn).__name__ != "_InteractingLayerBackward"
@@ -171,12 +157,4 @@ def test_traced_arch_keeps_the_layer_a_leaf() -> None:
     """TrainPipelineSparseDist traces the model: the paper's layer is one leaf there, and the
     serving trace (plain ATen) does not contain it."""
     arch = InteractingArch(in_dim=8, num_layers=2, num_heads=2, head_dim=4)
-    traced = torchrec.fx.symbolic_trace(arch)
-    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
-    assert targets.count(interacting.attention_residual_relu) == 2
-    fields = torch.randn(5, 6, 8)
-    torch.testing.assert_close(traced(fields), arch(fields))
-    with interacting.plain_aten_attention():
-        plain = torchrec.fx.symbolic_trace(arch)
-    assert interacting.attention_residual_relu not in [n.target for n in plain.graph.nodes if n.op == "call_function"]
-    torch.testing.assert_close(plain(fields), arch(fields), rtol=1e-5, atol=1e-5)
+    assert traced_leaf_calls(arch, interacting.attention_residual_relu, torch.randn(5, 6, 8)) == 2

@@ -5,12 +5,11 @@ it a leaf."""
 import pytest
 import torch
 import torch.nn.functional as F
-import torchrec.fx
 
 from iarm_torchrec.kernels import fused_layer as fl
 from iarm_torchrec.kernels import onednn_linear as ol
-from iarm_torchrec.modules import interacting
 from iarm_torchrec.modules.interacting import InteractingLayer
+from layer_utils import assert_same_step, step_with_env, traced_leaf_calls
 
 pytestmark = pytest.mark.skipif(not ol.onednn_available(), reason="this torch has no oneDNN (mkldnn)")
 
@@ -64,26 +63,10 @@ def test_interacting_layer_trains_the_same_through_either_backend(monkeypatch: p
     torch.manual_seed(1)
     layer = InteractingLayer(in_dim=16, num_heads=2, head_dim=32)
     fields = torch.randn(33, 39, 16)
-    grads = {}
-    for name in ("onednn", "aten"):
-        monkeypatch.setenv(ol.BACKEND_ENV, name)
-        layer.zero_grad()
-        x = fields.clone().requires_grad_()
-        out = layer(x)
-        out.square().sum().backward()
-        grads[name] = (out.detach(), x.grad, *(p.grad for p in layer.parameters()))
-    for a, b in zip(grads["onednn"], grads["aten"]):
-        torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
+    onednn, aten = (step_with_env(monkeypatch, ol.BACKEND_ENV, name, layer, fields) for name in ("onednn", "aten"))
+    assert_same_step(onednn, aten)
 
 
 def test_traced_layer_keeps_projection_as_a_leaf_and_serving_traces_plain_aten() -> None:
     layer = InteractingLayer(in_dim=8, num_heads=2, head_dim=4, layer_norm=True)  # op by op
-    traced = torchrec.fx.symbolic_trace(layer)
-    targets = [n.target for n in traced.graph.nodes if n.op == "call_function"]
-    assert ol.projection in targets
-    fields = torch.randn(5, 6, 8)
-    torch.testing.assert_close(traced(fields), layer(fields))
-    with interacting.plain_aten_attention():
-        plain = torchrec.fx.symbolic_trace(layer)
-    assert ol.projection not in [n.target for n in plain.graph.nodes if n.op == "call_function"]
-    torch.testing.assert_close(plain(fields), layer(fields), rtol=1e-5, atol=1e-5)
+    assert traced_leaf_calls(layer, ol.projection, torch.randn(5, 6, 8)) == 1
