@@ -8,4 +8,3 @@ and click probabilities for a raw file from it (:mod:`~iarm_torchrec.inference.p
 # a third less memory (docs/performance.md). A plain constant here, so that the CLI's parser needs
 # no torch.
 SCORING_BATCH_SIZE = 1024
-

@@ -622,7 +622,6 @@ at::Tensor field_attention_backward(const at::Tensor& grad_out, const at::Tensor
   return grad;
 }
 
-
 // One whole interacting layer, ReLU(attention(x W_qkv^T) + x W_res^T) (Eq. 7-11), in chunks of `rows`
 // samples, each chunk on one core from its projection to its ReLU. Split across cores op by op instead,
 // the layer's 30 MB of projections at B = 1024 (float32) leave the cache between the GEMM that writes
